@@ -1,0 +1,108 @@
+// The pybind11 module petfast._C: one def per op. Arrays arrive as (pointer, dtype code, shape,
+// element strides, device) tuples built by python/petfast/_arrays.py; the GIL is released while
+// a kernel runs. std::invalid_argument surfaces in Python as ValueError.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <thread>
+
+#include "petfast/ops.h"
+#include "petfast/parallel.h"
+
+namespace py = pybind11;
+
+namespace petfast {
+
+void resample(const Volume& src, const Volume& dst, const ResampleArgs& a, uintptr_t stream);
+void bspline_prefilter(const Volume& src, const Volume& coef, uintptr_t stream);
+void convolve_axis(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps, uintptr_t stream);
+
+namespace {
+std::atomic<int> g_threads{int(std::max(1u, std::thread::hardware_concurrency()))};
+}
+int get_num_threads() { return g_threads.load(); }
+void set_num_threads(int n) {
+  require(n >= 1, "the number of threads must be at least 1");
+  g_threads.store(n);
+}
+
+namespace {
+
+Volume to_volume(const py::tuple& t) {
+  require(t.size() == 5, "internal: a volume is (pointer, dtype, shape, strides, device)");
+  Volume v;
+  v.data = reinterpret_cast<void*>(t[0].cast<uintptr_t>());
+  const int code = t[1].cast<int>();
+  require(code >= 0 && code <= 4, "internal: unknown dtype code");
+  v.dtype = static_cast<DType>(code);
+  auto shape = t[2].cast<std::vector<int64_t>>();
+  auto strides = t[3].cast<std::vector<int64_t>>();
+  require(shape.size() == 3 && strides.size() == 3, "internal: volumes are 3-D");
+  for (int a = 0; a < 3; ++a) {
+    v.shape[a] = shape[a];
+    v.strides[a] = strides[a];
+  }
+  v.device = t[4].cast<int>();
+  return v;
+}
+
+IndexMap to_map(const std::vector<double>& m) {
+  require(m.size() == 12, "internal: the index map has 12 entries (3x4, row-major)");
+  IndexMap out;
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 4; ++c) out.m[r][c] = m[r * 4 + c];
+  return out;
+}
+
+}  // namespace
+}  // namespace petfast
+
+PYBIND11_MODULE(_C, m) {
+  using namespace petfast;
+  m.doc() = "petfast kernels (internal: use the petfast package)";
+  m.def("cuda_built", []() {
+#ifdef PETFAST_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+  m.def("cuda_device_count", []() {
+#ifdef PETFAST_WITH_CUDA
+    return cuda_device_count();
+#else
+    return 0;
+#endif
+  });
+  m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads", &set_num_threads);
+  m.def(
+      "resample",
+      [](py::tuple src, py::tuple dst, std::vector<double> map, int order, double fill, uintptr_t stream) {
+        Volume s = to_volume(src), d = to_volume(dst);
+        ResampleArgs a;
+        a.map = to_map(map);
+        a.order = order;
+        a.fill = fill;
+        py::gil_scoped_release release;
+        resample(s, d, a, stream);
+      },
+      py::arg("src"), py::arg("dst"), py::arg("map"), py::arg("order"), py::arg("fill"), py::arg("stream"));
+  m.def(
+      "bspline_prefilter",
+      [](py::tuple src, py::tuple coef, uintptr_t stream) {
+        Volume s = to_volume(src), c = to_volume(coef);
+        py::gil_scoped_release release;
+        bspline_prefilter(s, c, stream);
+      },
+      py::arg("src"), py::arg("coef"), py::arg("stream"));
+  m.def(
+      "convolve_axis",
+      [](py::tuple src, py::tuple dst, int axis, std::vector<float> taps, uintptr_t stream) {
+        Volume s = to_volume(src), d = to_volume(dst);
+        py::gil_scoped_release release;
+        convolve_axis(s, d, axis, taps, stream);
+      },
+      py::arg("src"), py::arg("dst"), py::arg("axis"), py::arg("taps"), py::arg("stream"));
+}

@@ -1,0 +1,65 @@
+// A strided 3-D view of memory the Python layer owns. Kernels never allocate user-visible memory:
+// Python hands them pointers, shapes, element strides (which may be negative) and a device.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#ifdef __CUDACC__
+#define PF_HOST_DEVICE __host__ __device__
+#else
+#define PF_HOST_DEVICE
+#endif
+
+namespace petfast {
+
+enum class DType : int { UInt8 = 0, Int16 = 1, Int32 = 2, Float32 = 3, Float64 = 4 };
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::UInt8: return "uint8";
+    case DType::Int16: return "int16";
+    case DType::Int32: return "int32";
+    case DType::Float32: return "float32";
+    case DType::Float64: return "float64";
+  }
+  return "unknown";
+}
+
+struct Volume {
+  void* data = nullptr;
+  DType dtype = DType::Float32;
+  int64_t shape[3] = {0, 0, 0};
+  int64_t strides[3] = {0, 0, 0};  // in elements
+  int device = -1;                 // -1: host memory, >= 0: CUDA device ordinal
+
+  PF_HOST_DEVICE int64_t size() const { return shape[0] * shape[1] * shape[2]; }
+  bool on_cuda() const { return device >= 0; }
+  bool c_contiguous() const {
+    return strides[2] == 1 && strides[1] == shape[2] && strides[0] == shape[1] * shape[2];
+  }
+};
+
+// Row-major 3x4 matrix mapping a destination index (i, j, k) to a continuous source index.
+struct IndexMap {
+  double m[3][4];
+};
+
+// Dispatch on a runtime dtype to a template lambda taking a typed null pointer.
+template <typename F>
+inline void dispatch_dtype(DType t, F&& f) {
+  switch (t) {
+    case DType::UInt8: f(static_cast<uint8_t*>(nullptr)); return;
+    case DType::Int16: f(static_cast<int16_t*>(nullptr)); return;
+    case DType::Int32: f(static_cast<int32_t*>(nullptr)); return;
+    case DType::Float32: f(static_cast<float*>(nullptr)); return;
+    case DType::Float64: f(static_cast<double*>(nullptr)); return;
+  }
+  throw std::invalid_argument("unsupported dtype code " + std::to_string(static_cast<int>(t)));
+}
+
+inline void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+}  // namespace petfast

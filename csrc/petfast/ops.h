@@ -1,0 +1,34 @@
+// Declarations of every op's CPU twin and CUDA kernel launcher. The dispatchers in csrc/<op>.cpp
+// check arguments and pick one; the CUDA launchers exist only when PETFAST_WITH_CUDA is defined.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "petfast/array.h"
+
+namespace petfast {
+
+// dst[i,j,k] = interpolate(src, m @ (i,j,k,1)), or fill outside the source extent (see interp.h).
+// order 0: src and dst share a dtype. order 1: dst float32. order 3: src holds float32 B-spline
+// coefficients (bspline_prefilter) and dst float32.
+struct ResampleArgs {
+  IndexMap map;
+  int order = 1;
+  double fill = 0.0;
+};
+
+void resample_cpu(const Volume& src, const Volume& dst, const ResampleArgs& args);
+// coef (float32, C-contiguous, src's shape) = cubic B-spline coefficients of src (mirror boundary).
+void bspline_prefilter_cpu(const Volume& src, const Volume& coef);
+// dst (float32, C-contiguous) = src convolved along `axis` with odd-length taps, edge values repeated.
+void convolve_axis_cpu(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps);
+
+#ifdef PETFAST_WITH_CUDA
+void resample_cuda(const Volume& src, const Volume& dst, const ResampleArgs& args, uintptr_t stream);
+void bspline_prefilter_cuda(const Volume& src, const Volume& coef, uintptr_t stream);
+void convolve_axis_cuda(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps,
+                        uintptr_t stream);
+int cuda_device_count();
+#endif
+
+}  // namespace petfast

@@ -1,0 +1,3 @@
+from petfast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""numpy / torch (CPU, CUDA) arrays to the kernels' (pointer, dtype, shape, strides, device) tuples.
+
+The Python layer owns all memory: inputs are viewed in place (any strides, C or Fortran order) and
+copied only when a kernel cannot read them (foreign byte order, misaligned data); outputs and scratch
+are allocated here with numpy or with torch on the input's device, so torch's caching allocator is
+reused. torch is optional and imported only when a tensor is passed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _C
+
+# dtype -> code understood by csrc/petfast/array.h
+_CODES = {np.dtype(np.uint8): 0, np.dtype(np.int16): 1, np.dtype(np.int32): 2,
+          np.dtype(np.float32): 3, np.dtype(np.float64): 4}
+SUPPORTED = "uint8, int16, int32, float32, float64"
+
+
+class OutOfMemoryError(ValueError, MemoryError):
+    """An output or scratch buffer does not fit in the memory of its device."""
+
+
+@dataclass
+class Array:
+    """A kernel-ready view of a user's array; `obj` keeps the memory alive."""
+
+    obj: Any
+    kind: str  # "numpy" or "torch"
+    dtype: np.dtype
+    shape: tuple
+    strides: tuple  # in elements
+    ptr: int
+    device: int  # -1 for host memory, else the CUDA ordinal
+
+    def spec(self) -> tuple:
+        return (self.ptr, _CODES[self.dtype], self.shape, self.strides, self.device)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device >= 0
+
+    def stream(self) -> int:
+        """Torch's current stream on this array's device (0, the legacy default, on the CPU)."""
+        if not self.on_cuda:
+            return 0
+        import torch
+
+        return int(torch.cuda.current_stream(self.device).cuda_stream)
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def adapt(x, name: str) -> Array:
+    """View `x` (numpy array, array-like or torch tensor) for the kernels; TypeError if it cannot be."""
+    if _is_torch(x):
+        return _adapt_torch(x, name)
+    if hasattr(x, "get_fdata") and hasattr(x, "affine"):
+        raise TypeError(f"{name}: got a nibabel image; pass np.asanyarray(img.dataobj) and img.affine")
+    if hasattr(x, "__cuda_array_interface__"):
+        raise TypeError(f"{name}: CUDA arrays other than torch tensors are not supported; "
+                        "wrap it with torch.as_tensor(x, device='cuda')")
+    a = np.asanyarray(x)
+    if a.dtype.kind == "O":
+        raise TypeError(f"{name}: expected a numeric array, got {type(x).__name__}")
+    base = a.dtype.newbyteorder("=")
+    if base not in _CODES:
+        raise TypeError(f"{name}: dtype {a.dtype} is not supported (supported: {SUPPORTED}); "
+                        "convert it first, e.g. x.astype(np.float32)")
+    if a.dtype != base or not a.flags.aligned or any(s % a.itemsize for s in a.strides):
+        a = a.astype(base, order="K")  # the only copies: byte order or alignment the kernels cannot read
+    return Array(a, "numpy", base, tuple(a.shape), tuple(s // a.itemsize for s in a.strides),
+                 a.ctypes.data, -1)
+
+
+def _adapt_torch(t, name: str) -> Array:
+    import torch
+
+    codes = {torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32,
+             torch.float32: np.float32, torch.float64: np.float64}
+    if t.dtype not in codes:
+        raise TypeError(f"{name}: dtype {t.dtype} is not supported (supported: {SUPPORTED}); "
+                        "convert it first, e.g. x.float()")
+    if t.device.type == "cuda":
+        if not _C.cuda_built():
+            raise TypeError(f"{name} is a CUDA tensor but petfast was built without CUDA kernels; "
+                            "pass x.cpu() or install a CUDA build of petfast")
+        device = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    elif t.device.type == "cpu":
+        device = -1
+    else:
+        raise TypeError(f"{name}: tensors on {t.device.type} are not supported (use cpu or cuda)")
+    t = t.detach()
+    if t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
+    return Array(t, "torch", np.dtype(codes[t.dtype]), tuple(t.shape), tuple(t.stride()),
+                 t.data_ptr(), device)
+
+
+def _available_host_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def empty(like: Array, shape, dtype, *, contiguous: bool = False) -> Array:
+    """A new array of `like`'s kind and device. numpy outputs follow a Fortran-ordered input's order
+    (as nibabel gives them) unless `contiguous` asks for C order (kernel scratch)."""
+    shape = tuple(int(s) for s in shape)
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    what = f"an array of shape {shape} ({dtype}, {nbytes / 2**30:.2f} GiB)"
+    if like.kind == "numpy" or not like.on_cuda:
+        avail = _available_host_bytes()
+        if avail is not None and nbytes > avail:
+            raise OutOfMemoryError(f"{what} does not fit in the {avail / 2**30:.2f} GiB of memory available")
+    try:
+        if like.kind == "numpy":
+            fortran = not contiguous and like.obj.flags.f_contiguous and not like.obj.flags.c_contiguous
+            return adapt(np.empty(shape, dtype, order="F" if fortran else "C"), "output")
+        import torch
+
+        tdtype = getattr(torch, dtype.name)
+        device = torch.device("cuda", like.device) if like.on_cuda else torch.device("cpu")
+        return adapt(torch.empty(shape, dtype=tdtype, device=device), "output")
+    except MemoryError as e:
+        raise OutOfMemoryError(f"{what} does not fit in memory") from e
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+        if "out of memory" in str(e).lower():
+            raise OutOfMemoryError(f"{what} does not fit in the memory of cuda:{like.device}") from e
+        raise
+
