@@ -1,4 +1,5 @@
-// CUDA twin of cpu/resample_cpu.cpp: one thread per output voxel, consecutive threads along the
+// CUDA twin of cpu/resample_cpu.cpp: one thread per output voxel (a 3-D grid, so no index division),
+// consecutive threads along the
 // output's smallest-stride axis so that writes coalesce and neighbouring reads share cache lines.
 // Source coordinates are computed in double (exact index mapping, same as the CPU), weights in float.
 #include <algorithm>
@@ -18,13 +19,11 @@ struct LoopAxes {
 template <typename Tin, typename Tout, int Order>
 __global__ void resample_kernel(const Tin* __restrict__ in, Volume src, Tout* __restrict__ out, Volume dst,
                                 ResampleArgs a, LoopAxes ax) {
-  const int64_t n_inner = dst.shape[ax.inner], n_plane = dst.shape[ax.mid] * n_inner;
-  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= n_plane) return;
   int64_t idx[3];
-  idx[ax.mid] = p / n_inner;
-  idx[ax.inner] = p % n_inner;
-  for (int64_t o = blockIdx.y; o < dst.shape[ax.outer]; o += gridDim.y) {
+  idx[ax.inner] = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  idx[ax.mid] = int64_t(blockIdx.y) * blockDim.y + threadIdx.y;
+  if (idx[ax.inner] >= dst.shape[ax.inner] || idx[ax.mid] >= dst.shape[ax.mid]) return;
+  for (int64_t o = blockIdx.z; o < dst.shape[ax.outer]; o += gridDim.z) {
     idx[ax.outer] = o;
     const int64_t i = idx[0], j = idx[1], k = idx[2];
     Tout* dst_voxel = out + i * dst.strides[0] + j * dst.strides[1] + k * dst.strides[2];
@@ -48,9 +47,10 @@ void launch(const Volume& src, const Volume& dst, const ResampleArgs& a, cudaStr
   int ax[3] = {0, 1, 2};
   std::sort(ax, ax + 3, [&](int p, int q) { return std::llabs(dst.strides[p]) > std::llabs(dst.strides[q]); });
   const LoopAxes axes{ax[0], ax[1], ax[2]};
-  const int threads = 256;
-  const int64_t plane = dst.shape[ax[1]] * dst.shape[ax[2]];
-  dim3 grid(grid_dim((plane + threads - 1) / threads, 0x7fffffff), grid_dim(dst.shape[ax[0]], 65535));
+  // 32 threads along the inner axis (one coalesced row segment per warp), 8 rows of the middle axis.
+  const dim3 threads(32, 8);
+  const dim3 grid(grid_dim((dst.shape[ax[2]] + 31) / 32, 0x7fffffff), grid_dim((dst.shape[ax[1]] + 7) / 8, 65535),
+                  grid_dim(dst.shape[ax[0]], 65535));
   resample_kernel<Tin, Tout, Order><<<grid, threads, 0, stream>>>(
       static_cast<const Tin*>(src.data), src, static_cast<Tout*>(dst.data), dst, a, axes);
   cuda_check(cudaGetLastError(), "resample kernel launch");

@@ -7,6 +7,7 @@ reused. torch is optional and imported only when a tensor is passed.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from . import _C
 _CODES = {np.dtype(np.uint8): 0, np.dtype(np.int16): 1, np.dtype(np.int32): 2,
           np.dtype(np.float32): 3, np.dtype(np.float64): 4}
 SUPPORTED = "uint8, int16, int32, float32, float64"
+_CHECKED_BYTES = 64 * 2**20
 
 
 class OutOfMemoryError(ValueError, MemoryError):
@@ -126,9 +128,11 @@ def empty(like: Array, shape, dtype, *, contiguous: bool = False) -> Array:
     (as nibabel gives them) unless `contiguous` asks for C order (kernel scratch)."""
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     what = f"an array of shape {shape} ({dtype}, {nbytes / 2**30:.2f} GiB)"
-    if like.kind == "numpy" or not like.on_cuda:
+    # Linux overcommits: a too-large host array would be granted, then the process killed while
+    # writing it. So large host allocations are checked against the memory actually available.
+    if not like.on_cuda and nbytes > _CHECKED_BYTES:
         avail = _available_host_bytes()
         if avail is not None and nbytes > avail:
             raise OutOfMemoryError(f"{what} does not fit in the {avail / 2**30:.2f} GiB of memory available")
