@@ -26,29 +26,32 @@ __global__ void to_float_kernel(const T* __restrict__ in, Volume src, float* __r
 
 // Lines along `axis` of a C-contiguous float32 volume; consecutive threads take neighbouring lines,
 // which for axes 0 and 1 are neighbours in memory, so each step of the recursion coalesces.
+// Small arrays are picked from with selects, never indexed at run time (that would use local memory).
+__device__ __forceinline__ int64_t pick(const int64_t* v, int a) { return a == 0 ? v[0] : (a == 1 ? v[1] : v[2]); }
+
 __global__ void bspline_axis_kernel(float* c, Volume v, int axis) {
   const int a1 = axis == 0 ? 1 : 0, a2 = axis == 2 ? 1 : 2;
-  const int64_t lines = v.shape[a1] * v.shape[a2];
+  const int64_t n1 = pick(v.shape, a1), n2 = pick(v.shape, a2), s1 = pick(v.strides, a1), s2 = pick(v.strides, a2);
+  const int64_t len = pick(v.shape, axis), step = pick(v.strides, axis), lines = n1 * n2;
   for (int64_t l = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; l < lines; l += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t p = l / v.shape[a2], q = l % v.shape[a2];
-    bspline_filter_line(c + p * v.strides[a1] + q * v.strides[a2], v.shape[axis], v.strides[axis]);
+    bspline_filter_line(c + (l / n2) * s1 + (l % n2) * s2, len, step);
   }
 }
 
 template <typename T>
 __global__ void convolve_kernel(const T* __restrict__ in, Volume src, float* __restrict__ out, Volume dst, int axis,
                                 Taps taps) {
-  const int64_t n = dst.size(), n12 = dst.shape[1] * dst.shape[2], len = dst.shape[axis];
+  const int64_t n = dst.size(), n12 = dst.shape[1] * dst.shape[2], len = pick(dst.shape, axis);
+  const int64_t step = pick(src.strides, axis);
   for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < n; p += int64_t(gridDim.x) * blockDim.x) {
-    int64_t idx[3] = {p / n12, (p % n12) / dst.shape[2], p % dst.shape[2]};
-    const int64_t pos = idx[axis];
-    const T* base = in + idx[0] * src.strides[0] + idx[1] * src.strides[1] + idx[2] * src.strides[2] -
-                    pos * src.strides[axis];
+    const int64_t i = p / n12, j = (p % n12) / dst.shape[2], k = p % dst.shape[2];
+    const int64_t pos = axis == 0 ? i : (axis == 1 ? j : k);
+    const T* base = in + i * src.strides[0] + j * src.strides[1] + k * src.strides[2] - pos * step;
     float acc = 0.f;
     for (int t = -taps.radius; t <= taps.radius; ++t) {
       int64_t q = pos + t;
       q = q < 0 ? 0 : (q > len - 1 ? len - 1 : q);
-      acc += taps.w[t + taps.radius] * float(base[q * src.strides[axis]]);
+      acc += taps.w[t + taps.radius] * float(base[q * step]);
     }
     out[p] = acc;
   }

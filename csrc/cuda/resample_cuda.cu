@@ -12,22 +12,18 @@
 namespace petfast {
 namespace {
 
-struct LoopAxes {
-  int outer, mid, inner;
-};
-
+// The kernel sees the destination with its axes reordered as (outer, mid, inner) by decreasing
+// stride, and the index map's columns reordered to match, so that it never indexes a small array
+// with a run-time value (that would put the array in slow local memory).
 template <typename Tin, typename Tout, int Order>
 __global__ void resample_kernel(const Tin* __restrict__ in, Volume src, Tout* __restrict__ out, Volume dst,
-                                ResampleArgs a, LoopAxes ax) {
-  int64_t idx[3];
-  idx[ax.inner] = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  idx[ax.mid] = int64_t(blockIdx.y) * blockDim.y + threadIdx.y;
-  if (idx[ax.inner] >= dst.shape[ax.inner] || idx[ax.mid] >= dst.shape[ax.mid]) return;
-  for (int64_t o = blockIdx.z; o < dst.shape[ax.outer]; o += gridDim.z) {
-    idx[ax.outer] = o;
-    const int64_t i = idx[0], j = idx[1], k = idx[2];
-    Tout* dst_voxel = out + i * dst.strides[0] + j * dst.strides[1] + k * dst.strides[2];
-    double x = map_coord(a.map, 0, i, j, k), y = map_coord(a.map, 1, i, j, k), z = map_coord(a.map, 2, i, j, k);
+                                ResampleArgs a) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t m = int64_t(blockIdx.y) * blockDim.y + threadIdx.y;
+  if (n >= dst.shape[2] || m >= dst.shape[1]) return;
+  for (int64_t o = blockIdx.z; o < dst.shape[0]; o += gridDim.z) {
+    Tout* dst_voxel = out + o * dst.strides[0] + m * dst.strides[1] + n * dst.strides[2];
+    double x = map_coord(a.map, 0, o, m, n), y = map_coord(a.map, 1, o, m, n), z = map_coord(a.map, 2, o, m, n);
     if (!(inside(x, src.shape[0]) && inside(y, src.shape[1]) && inside(z, src.shape[2]))) {
       *dst_voxel = static_cast<Tout>(a.fill);
       continue;
@@ -46,13 +42,19 @@ template <typename Tin, typename Tout, int Order>
 void launch(const Volume& src, const Volume& dst, const ResampleArgs& a, cudaStream_t stream) {
   int ax[3] = {0, 1, 2};
   std::sort(ax, ax + 3, [&](int p, int q) { return std::llabs(dst.strides[p]) > std::llabs(dst.strides[q]); });
-  const LoopAxes axes{ax[0], ax[1], ax[2]};
+  Volume loop_dst = dst;
+  ResampleArgs loop_args = a;
+  for (int l = 0; l < 3; ++l) {
+    loop_dst.shape[l] = dst.shape[ax[l]];
+    loop_dst.strides[l] = dst.strides[ax[l]];
+    for (int r = 0; r < 3; ++r) loop_args.map.m[r][l] = a.map.m[r][ax[l]];
+  }
   // 32 threads along the inner axis (one coalesced row segment per warp), 8 rows of the middle axis.
   const dim3 threads(32, 8);
-  const dim3 grid(grid_dim((dst.shape[ax[2]] + 31) / 32, 0x7fffffff), grid_dim((dst.shape[ax[1]] + 7) / 8, 65535),
-                  grid_dim(dst.shape[ax[0]], 65535));
+  const dim3 grid(grid_dim((loop_dst.shape[2] + 31) / 32, 0x7fffffff), grid_dim((loop_dst.shape[1] + 7) / 8, 65535),
+                  grid_dim(loop_dst.shape[0], 65535));
   resample_kernel<Tin, Tout, Order><<<grid, threads, 0, stream>>>(
-      static_cast<const Tin*>(src.data), src, static_cast<Tout*>(dst.data), dst, a, axes);
+      static_cast<const Tin*>(src.data), src, static_cast<Tout*>(dst.data), loop_dst, loop_args);
   cuda_check(cudaGetLastError(), "resample kernel launch");
 }
 
