@@ -4,7 +4,7 @@ import pytest
 
 import petfast
 
-from conftest import synthetic_ct, whole_body_grids
+from _benchdata import synthetic_ct, whole_body_grids
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,9 @@
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import petfast
-
-# ../shared/data beside the checkout, or wherever PETFAST_SHARED_DATA points (e.g. on a GPU machine).
-SHARED = Path(os.environ.get("PETFAST_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-ORGANS = SHARED / "organs"
 
 
 @pytest.fixture
@@ -27,6 +22,3 @@ def pytest_collection_modifyitems(config, items):
         if "cuda" in item.keywords:
             item.add_marker(skip)
 
-
-def organ_maps():
-    return sorted(ORGANS.glob("*.nii.gz")) if ORGANS.is_dir() else []

@@ -8,7 +8,7 @@ import scipy.ndimage as ndi
 import petfast
 from petfast import _arrays
 
-from conftest import organ_maps
+from _testdata import organ_maps
 
 DTYPES = [np.uint8, np.int16, np.int32, np.float32, np.float64]
 
