@@ -15,8 +15,6 @@ import numpy as np
 _PLANNED = {
     "predict": "segment lesions in studies with an nnU-Net v2 or petfast model",
     "evaluate": "autoPET metrics (Dice, false positive/negative volume) and lesion tables",
-    "phantom": "write a synthetic whole-body PET/CT dataset in nnU-Net layout",
-    "check": "validate a dataset in nnU-Net / autoPET layout",
     "train": "train a model on GPU-sampled patches",
 }
 
@@ -129,6 +127,30 @@ def _demo(args) -> int:
     return 0
 
 
+def _phantom(args) -> int:
+    from .data import write_phantom_dataset
+
+    t0 = time.perf_counter()
+    out = write_phantom_dataset(args.out, cases=args.cases, tracer=args.tracer, seed=args.seed, scale=args.scale,
+                                raw=args.raw, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {args.cases} synthetic {args.tracer} studies to {out} in {time.perf_counter() - t0:.1f} s "
+          f"(nnU-Net layout; check it with: petfast check {out})")
+    return 0
+
+
+def _check(args) -> int:
+    from .data import Dataset
+
+    problems = Dataset(args.dataset).check(progress=not args.quiet)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.dataset}", file=sys.stderr)
+        return 1
+    print(f"{args.dataset}: no problems found")
+    return 0
+
+
 def _planned(name):
     def run(args) -> int:
         print(f"petfast {name}: not available in this version yet ({_PLANNED[name]}).", file=sys.stderr)
@@ -156,6 +178,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     s.set_defaults(func=_demo)
+    s = sub.add_parser("phantom", help="write a synthetic whole-body PET/CT dataset in nnU-Net layout",
+                       description="Synthetic FDG/PSMA studies with known lesion masks, in exactly the autoPET "
+                                   "nnU-Net layout (imagesTr/<case>_0000 CT on the PET grid, _0001 PET in SUV, "
+                                   "labelsTr, dataset.json, splits_final.json, metadata CSVs).")
+    s.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
+    s.add_argument("--cases", type=int, default=10, help="number of studies (default 10)")
+    s.add_argument("--tracer", choices=("fdg", "psma", "mixed"), default="mixed", help="default: mixed (alternating)")
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same dataset")
+    s.add_argument("--scale", type=float, default=1.0,
+                   help="voxels per axis relative to the scanner's grid (1 = full size; 0.25 = quick, tiny)")
+    s.add_argument("--raw", action="store_true", help="also write raw/<patient>/<study>/CT.nii.gz (own grid), SUV, SEG")
+    s.add_argument("--overwrite", action="store_true", help="replace files of an existing dataset")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_phantom)
+    s = sub.add_parser("check", help="validate a dataset in nnU-Net / autoPET layout",
+                       description="One line per problem (missing channels, grid mismatches, labels outside "
+                                   "dataset.json's labels, unreadable files, cases missing from the splits); "
+                                   "exit code 1 when any.")
+    s.add_argument("dataset", metavar="DATASET", help="folder with imagesTr/, labelsTr/, dataset.json")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_check)
     for name, text in _PLANNED.items():
         s = sub.add_parser(name, help=f"(not yet available) {text}")
         s.set_defaults(func=_planned(name))
