@@ -347,7 +347,7 @@ def make_study(tracer: str = "fdg", scanner: str | None = None, seed: int = 0, s
     voxel_ml = np.prod(pet_grid.spacing) / 1000
     ref_ml = np.prod(sc.pet_spacing) / 1000
     sigma = sc.noise * np.sqrt(ref_ml / voxel_ml) * np.sqrt(np.maximum(pet, 0.02))
-    pet = np.maximum(pet + rng.normal(0, 1, pet.shape).astype(np.float32) * sigma.astype(np.float32), 0)
+    pet = np.maximum(pet + rng.standard_normal(pet.shape, dtype=np.float32) * sigma.astype(np.float32), 0)
 
     # CT: its own finer grid, a longer field of view, lesions with their own densities, noise.
     ct_nz = int(round((height + 20) / sc.ct_spacing[2] * scale))
@@ -363,9 +363,10 @@ def make_study(tracer: str = "fdg", scanner: str | None = None, seed: int = 0, s
     for les in lesions:
         d, box = _lesion_distance(les, ct_grid)
         hu[box] = np.where(d <= 1, les.hu, hu[box])
-    ct = np.clip(np.rint(hu + rng.normal(0, 15, hu.shape).astype(np.float32)), -1024, 3071).astype(np.int16)
-    return Study(tracer, scanner, np.asfortranarray(ct), ct_grid.affine, np.asfortranarray(pet.astype(np.float32)),
-                 pet_grid.affine, np.asfortranarray(label), tissue, lesions, diagnosis, seed)
+    hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(15)
+    ct = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    return Study(tracer, scanner, ct, ct_grid.affine, pet.astype(np.float32, copy=False), pet_grid.affine, label,
+                 tissue, lesions, diagnosis, seed)
 
 
 class _Shifted:
