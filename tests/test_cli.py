@@ -34,20 +34,22 @@ def test_planned_commands_say_so(capsys):
 
 
 def test_demo_writes_nifti_and_never_overwrites(tmp_path, capsys):
-    nib = pytest.importorskip("nibabel")
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    from petfast import io
+
+    args = ["demo", "--out", str(tmp_path), "--scale", "0.25", "--tracer", "psma"]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "trilinear" in out and "cubic" in out
-    ctres = nib.load(tmp_path / "CTres.nii.gz")
-    ct = nib.load(tmp_path / "CT.nii.gz")
-    assert ctres.shape == (256, 256, 150) and ct.shape == (512, 512, 300)
-    data = np.asarray(ctres.dataobj)
-    assert np.mean(data == -1024) > 0.05  # air fill outside the CT field of view
+    names = ["CT.nii.gz", "CTres.nii.gz", "SEG.nii.gz", "SUV.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # and no temporary files left
+    ct, ctres, suv, seg = (io.load(tmp_path / n) for n in ("CT.nii.gz", "CTres.nii.gz", "SUV.nii.gz", "SEG.nii.gz"))
+    assert ctres.data.shape == suv.data.shape == seg.data.shape != ct.data.shape  # CT on its own grid
+    assert np.mean(ctres.data == -1024) > 0.05  # air fill outside the CT field of view
     # NIfTI stores affines in float32, so the reloaded grids differ by ~1e-7 mm: allow 0.05 HU.
-    again = petfast.resample_ct_to_pet(np.asarray(ct.dataobj), ct.affine, ctres.shape, ctres.affine, order=3)
-    np.testing.assert_allclose(data, again, atol=0.05)
+    again = petfast.resample_ct_to_pet(ct.data, ct.affine, suv.data.shape, suv.affine, order=3)
+    np.testing.assert_allclose(ctres.data, again, atol=0.05)
     before = (tmp_path / "CTres.nii.gz").stat().st_mtime_ns
-    assert main(["demo", "--out", str(tmp_path)]) == 1
+    assert main(args) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "CTres.nii.gz").stat().st_mtime_ns == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["CT.nii.gz", "CTres.nii.gz"]  # no temporary left
+    assert main(args + ["--overwrite"]) == 0

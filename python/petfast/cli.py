@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,90 +38,55 @@ def _info(args) -> int:
     return 0
 
 
-def _synthetic_ct(shape, spacing, seed=0) -> np.ndarray:
-    """A body-like CT in HU: air, an elliptic body of soft tissue and fat, two lungs, a spine."""
-    rng = np.random.default_rng(seed)
-    x, y, z = (((np.arange(n) + 0.5) - n / 2) * s for n, s in zip(shape, spacing))
-    x, y = x[:, None, None], y[None, :, None]
-    ct = np.full(shape, -1000, np.int16)
-    body = (x / 180) ** 2 + (y / 120) ** 2 <= 1 + 0 * z[None, None, :]
-    ct[body] = 40
-    ct[((x / 180) ** 2 + (y / 120) ** 2 > 0.8) & body] = -100  # subcutaneous fat
-    thorax = (z > 0)[None, None, :]
-    for cx in (-80, 80):
-        lung = ((x - cx) / 55) ** 2 + (y / 70) ** 2 <= 1
-        ct[lung & thorax] = -850
-    ct[((x / 15) ** 2 + ((y + 80) / 15) ** 2 <= 1) & (z > -1e9)[None, None, :]] = 700  # spine
-    ct += rng.normal(0, 12, shape).astype(np.int16)
-    return ct
-
-
-def _save_nifti(path: Path, data, affine, overwrite: bool) -> None:
-    import nibabel as nib
-
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    fd, tmp = tempfile.mkstemp(suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(nib.Nifti1Image(np.asarray(data), affine), tmp)
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _demo(args) -> int:
     import petfast
+
+    from . import io, phantom
 
     device = args.device
     if device == "cuda" and not petfast.cuda_available():
         print("petfast demo: --device cuda needs the CUDA kernels and a GPU; use --device cpu", file=sys.stderr)
         return 2
-    ct_spacing, pet_spacing = (0.98, 0.98, 1.5), (2.0364, 2.0364, 3.0)
-    ct_shape, pet_shape = (512, 512, 300), (256, 256, 150)
-
-    def grid(shape, spacing):
-        # LAS, as dicom2nifti writes autoPET's files; both grids centred on the same point.
-        a = np.diag([-spacing[0], spacing[1], spacing[2], 1.0])
-        a[:3, 3] = [(shape[0] - 1) / 2 * spacing[0], -(shape[1] - 1) / 2 * spacing[1], -(shape[2] - 1) / 2 * spacing[2]]
-        return a
-
-    ct_affine, pet_affine = grid(ct_shape, ct_spacing), grid(pet_shape, pet_spacing)
-    print(f"petfast {petfast.__version__} demo: CT -> PET grid resampling ({device}, "
-          f"{petfast.get_num_threads()} CPU threads)")
+    out_dir = Path(args.out) if args.out else None
+    names = ("CT.nii.gz", "CTres.nii.gz", "SUV.nii.gz", "SEG.nii.gz")
+    if out_dir and not args.overwrite:
+        for name in names:
+            if (out_dir / name).exists():
+                raise FileExistsError(f"{out_dir / name} exists; pass --overwrite to replace it")
+    print(f"petfast {petfast.__version__} demo ({device}, {petfast.get_num_threads()} CPU threads)")
     t0 = time.perf_counter()
-    ct = _synthetic_ct(ct_shape, ct_spacing)
-    print(f"  synthetic CT {ct_shape} int16 at {ct_spacing} mm made in {time.perf_counter() - t0:.2f} s")
-    x = ct
+    st = phantom.make_study(args.tracer, seed=args.seed, scale=args.scale)
+    print(f"  synthetic {args.tracer.upper()} study ({phantom.SCANNERS[st.scanner].name} grids, {st.diagnosis.lower()}, "
+          f"{len(st.lesions)} lesions) made in {time.perf_counter() - t0:.1f} s")
+    print(f"    CT  {st.ct.shape} int16 HU, PET {st.pet.shape} float32 SUV (max {st.pet.max():.1f})")
+    x = st.ct
     if device == "cuda":
         import torch
 
-        x = torch.from_numpy(ct).cuda()
-    results = {}
-    for name, order in (("trilinear", 1), ("cubic (autoPET CTres parity)", 3)):
-        petfast.resample_ct_to_pet(x, ct_affine, pet_shape, pet_affine, order=order)  # warm-up
+        x = torch.from_numpy(st.ct).cuda()
+    ctres = None
+    for name, order in (("trilinear", 1), ("cubic, autoPET CTres parity", 3)):
+        petfast.resample_ct_to_pet(x, st.ct_affine, st.pet.shape, st.pet_affine, order=order)  # warm-up
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = petfast.resample_ct_to_pet(x, ct_affine, pet_shape, pet_affine, order=order)
+        res = petfast.resample_ct_to_pet(x, st.ct_affine, st.pet.shape, st.pet_affine, order=order)
         if device == "cuda":
             torch.cuda.synchronize()
-            out = out.cpu().numpy()
+            res = res.cpu().numpy()
         dt = time.perf_counter() - t0
-        results[order] = out
-        outside = float(np.mean(out == -1024.0))
-        print(f"  {name:30s} -> {pet_shape} float32 in {dt * 1000:8.1f} ms; "
-              f"{outside:.1%} of the PET grid outside the CT's field of view")
-    lung = results[1][128 - 40, 128, 100]
-    print(f"  lung HU at a PET voxel: trilinear {lung:.0f}, cubic {results[3][128 - 40, 128, 100]:.0f}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        _save_nifti(out / "CT.nii.gz", ct, ct_affine, args.overwrite)
-        _save_nifti(out / "CTres.nii.gz", results[3], pet_affine, args.overwrite)
-        print(f"  wrote {out / 'CT.nii.gz'} and {out / 'CTres.nii.gz'}")
-    print("The full pipeline (synthetic study, inference, lesion metrics) joins this demo in later releases.")
+        print(f"  CT -> PET grid, {name:28s} {dt * 1000:8.1f} ms; "
+              f"{np.mean(res == -1024.0):.1%} of the PET grid outside the CT's field of view")
+        ctres = res
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        for name, data, affine in zip(names, (st.ct, ctres, st.pet, st.label),
+                                      (st.ct_affine, st.pet_affine, st.pet_affine, st.pet_affine)):
+            io.save(out_dir / name, data, affine, overwrite=args.overwrite)
+        print(f"  wrote {', '.join(names)} to {out_dir} in {time.perf_counter() - t0:.1f} s")
+    print("Synthetic data, not for clinical use. Inference, lesion metrics and the lesion table join this demo "
+          "in later releases.")
     return 0
 
 
@@ -172,9 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="version, CPU threads, CUDA build and devices")
     s.set_defaults(func=_info)
     s = sub.add_parser("demo", help="run the built-in demo on synthetic data (no downloads, no GPU needed)",
-                       description="Make a synthetic CT on its own grid and resample it onto a PET grid, "
-                                   "trilinear and in autoPET's CTres parity mode, with timings.")
-    s.add_argument("--out", metavar="DIR", help="write CT.nii.gz and CTres.nii.gz here")
+                       description="Make a synthetic whole-body PET/CT study (CT on its own grid) and resample "
+                                   "the CT onto the PET grid, trilinear and in autoPET's CTres parity mode, "
+                                   "with timings.")
+    s.add_argument("--out", metavar="DIR", help="write CT.nii.gz, CTres.nii.gz, SUV.nii.gz and SEG.nii.gz here")
+    s.add_argument("--tracer", choices=("fdg", "psma"), default="fdg", help="default: fdg")
+    s.add_argument("--seed", type=int, default=0, help="the study's random seed (default 0)")
+    s.add_argument("--scale", type=float, default=0.5,
+                   help="voxels per axis relative to the scanner's grids (default 0.5; 1 = full size)")
     s.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     s.set_defaults(func=_demo)

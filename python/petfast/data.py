@@ -293,15 +293,7 @@ def _patient_folds(ids, k, seed):
 
 
 def _atomic_text(path: Path, text: str, overwrite: bool) -> None:
-    import os
-    import tempfile
-
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    io.atomic_write(path, lambda f: f.write(text.encode()), overwrite)
 
 
 def _write_json(path: Path, obj, overwrite: bool) -> None:

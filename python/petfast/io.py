@@ -108,13 +108,30 @@ class _BytesReader:
         return self._pos
 
 
-def _check_affine(affine: np.ndarray, path) -> np.ndarray:
-    if not np.isfinite(affine).all():
-        raise ValueError(f"{path}: the affine contains NaN or infinite values")
-    m = affine[:3, :3]
-    if not abs(np.linalg.det(m)) > 1e-12 * np.prod(np.linalg.norm(m, axis=0)):
-        raise ValueError(f"{path}: the affine is singular (a zero voxel size or degenerate axes)")
-    return affine
+def _check_affine(affine, path) -> np.ndarray:
+    from .resample import _affine
+
+    return _affine(affine, f"{path}: the affine")
+
+
+def atomic_write(path, write, overwrite: bool = False) -> Path:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    Readers never see a half-written file, a failed write leaves nothing behind, and an existing
+    file is replaced only with ``overwrite=True`` (FileExistsError otherwise)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def load(path, *, ndim: int | None = 3) -> NiftiImage:
@@ -175,7 +192,7 @@ def save(path, data, affine=None, *, like=None, overwrite: bool = False) -> Path
     path = Path(path)
     if not path.name.endswith(_NIFTI_SUFFIXES):
         raise ValueError(f"{path}: the file name must end in .nii or .nii.gz")
-    if path.exists() and not overwrite:
+    if path.exists() and not overwrite:  # before any work; atomic_write checks again
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if type(data).__module__.split(".")[0] == "torch":
         data = data.detach().cpu().numpy()
@@ -200,20 +217,15 @@ def save(path, data, affine=None, *, like=None, overwrite: bool = False) -> Path
     # Header, 4 bytes of "no extensions", then the voxels in Fortran order (zero-copy when they are).
     voxels = np.asfortranarray(data)
     payload = [hdr.binaryblock, b"\x00" * 4, memoryview(voxels.reshape(-1, order="F")).cast("B")]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if _is_gzip(path):
-                _write_gzip(raw, payload)
-            else:
-                for part in payload:
-                    raw.write(part)
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    def write(raw):
+        if _is_gzip(path):
+            _write_gzip(raw, payload)
+        else:
+            for part in payload:
+                raw.write(part)
+
+    return atomic_write(path, write, overwrite)
 
 
 def _write_gzip(fileobj, parts) -> None:
