@@ -57,6 +57,8 @@ struct AxisTable {
   std::vector<int64_t> lo, hi;  // element offsets of the lower / upper neighbour (or the nearest)
   std::vector<float> frac;
   std::vector<uint8_t> inside;
+  std::vector<int64_t> off4;  // cubic: 4 offsets and 4 weights per index
+  std::vector<double> w4;
 };
 
 // For a signed-permutation map, the destination axis feeding each source axis; else false.
@@ -84,6 +86,10 @@ AxisTable make_table(const IndexMap& m, int a, int b, const Volume& src, const V
   t.hi.resize(n);
   t.frac.resize(n);
   t.inside.resize(n);
+  if (Order == 3) {
+    t.off4.resize(4 * n);
+    t.w4.resize(4 * n);
+  }
   for (int64_t q = 0; q < n; ++q) {
     int64_t idx[3] = {0, 0, 0};
     idx[b] = q;
@@ -93,6 +99,8 @@ AxisTable make_table(const IndexMap& m, int a, int b, const Volume& src, const V
     if (Order == 0) {
       int64_t i = int64_t(floor(c + 0.5));
       t.lo[q] = (i > src.shape[a] - 1 ? src.shape[a] - 1 : i) * src.strides[a];
+    } else if (Order == 3) {
+      cubic_support(c, src.shape[a], src.strides[a], &t.off4[4 * q], &t.w4[4 * q]);
     } else {
       int64_t i0, i1;
       linear_support(c, src.shape[a], i0, i1, t.frac[q]);
@@ -127,6 +135,8 @@ void resample_separable(const Volume& src, const Volume& dst, const ResampleArgs
       Tout* o = out + idx[0] * dst.strides[0] + idx[1] * dst.strides[1] + idx[2] * dst.strides[2];
       int64_t lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
       float f[3] = {0.f, 0.f, 0.f};
+      const int64_t* off[3] = {nullptr, nullptr, nullptr};
+      const double* w[3] = {nullptr, nullptr, nullptr};
       bool row_inside = true;
       for (int s = 0; s < 3; ++s) {
         if (s == inner) continue;
@@ -135,6 +145,10 @@ void resample_separable(const Volume& src, const Volume& dst, const ResampleArgs
         lo[s] = tab[s].lo[q];
         hi[s] = tab[s].hi[q];
         f[s] = tab[s].frac[q];
+        if (Order == 3) {
+          off[s] = &tab[s].off4[4 * q];
+          w[s] = &tab[s].w4[4 * q];
+        }
       }
       const AxisTable& ti = tab[inner];
       for (int64_t t = 0; t < n_inner; ++t, o += step) {
@@ -145,6 +159,22 @@ void resample_separable(const Volume& src, const Volume& dst, const ResampleArgs
         lo[inner] = ti.lo[t];
         if constexpr (Order == 0) {
           *o = in[lo[0] + lo[1] + lo[2]];
+        } else if constexpr (Order == 3) {
+          // The arithmetic of sample_cubic in interp.h, with the supports read from the tables.
+          off[inner] = &ti.off4[4 * t];
+          w[inner] = &ti.w4[4 * t];
+          double acc = 0.0;
+          for (int p = 0; p < 4; ++p) {
+            double acc_y = 0.0;
+            for (int q = 0; q < 4; ++q) {
+              const Tin* row = in + off[0][p] + off[1][q];
+              const double acc_z = w[2][0] * row[off[2][0]] + w[2][1] * row[off[2][1]] + w[2][2] * row[off[2][2]] +
+                                   w[2][3] * row[off[2][3]];
+              acc_y += w[1][q] * acc_z;
+            }
+            acc += w[0][p] * acc_y;
+          }
+          *o = float(acc);
         } else {
           hi[inner] = ti.hi[t];
           f[inner] = ti.frac[t];
@@ -175,7 +205,7 @@ void resample_cpu(const Volume& src, const Volume& dst, const ResampleArgs& a) {
     } else if (a.order == 1) {
       sep ? resample_separable<T, float, 1>(src, dst, a, dst_axis_of) : resample_rows<T, float, 1>(src, dst, a);
     } else if constexpr (std::is_same_v<T, float>) {
-      resample_rows<float, float, 3>(src, dst, a);
+      sep ? resample_separable<float, float, 3>(src, dst, a, dst_axis_of) : resample_rows<float, float, 3>(src, dst, a);
     } else {
       throw std::invalid_argument("order 3 samples float32 B-spline coefficients");
     }
