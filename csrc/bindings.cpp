@@ -17,6 +17,7 @@ namespace petfast {
 void resample(const Volume& src, const Volume& dst, const ResampleArgs& a, uintptr_t stream);
 void bspline_prefilter(const Volume& src, const Volume& coef, uintptr_t stream);
 void convolve_axis(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps, uintptr_t stream);
+int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream);
 
 namespace {
 std::atomic<int> g_threads{int(std::max(1u, std::thread::hardware_concurrency()))};
@@ -97,6 +98,15 @@ PYBIND11_MODULE(_C, m) {
         bspline_prefilter(s, c, stream);
       },
       py::arg("src"), py::arg("coef"), py::arg("stream"));
+  m.def(
+      "label",
+      [](py::tuple src, py::tuple dst, int connectivity, py::object scratch, uintptr_t stream) {
+        Volume s = to_volume(src), d = to_volume(dst), c;
+        if (!scratch.is_none()) c = to_volume(scratch.cast<py::tuple>());
+        py::gil_scoped_release release;
+        return label(s, d, connectivity, c, stream);
+      },
+      py::arg("src"), py::arg("dst"), py::arg("connectivity"), py::arg("scratch"), py::arg("stream"));
   m.def(
       "convolve_axis",
       [](py::tuple src, py::tuple dst, int axis, std::vector<float> taps, uintptr_t stream) {

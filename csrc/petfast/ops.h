@@ -23,7 +23,15 @@ void bspline_prefilter_cpu(const Volume& src, const Volume& coef);
 // dst (float32, C-contiguous) = src convolved along `axis` with odd-length taps, edge values repeated.
 void convolve_axis_cpu(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps);
 
+// Connected components of src (0 = background; neighbours join when their values are equal) into
+// dst (int32, contiguous in the walk order `order`: the axes of src from largest to smallest
+// stride) and zeroed. Labels are 1..N, numbered by each component's first voxel in (i, j, k)
+// raster order. Returns N.
+int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const int* order);
+
 #ifdef PETFAST_WITH_CUDA
+// Labels C-contiguous; scratch: int32 of at least ceil(size / 1024) + 1 entries.
+int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream);
 void resample_cuda(const Volume& src, const Volume& dst, const ResampleArgs& args, uintptr_t stream);
 void bspline_prefilter_cuda(const Volume& src, const Volume& coef, uintptr_t stream);
 void convolve_axis_cuda(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os as _os
 
 from . import _C
+from .components import label
 from .resample import resample, resample_ct_to_pet
 
 __version__ = "0.1.0"
@@ -16,6 +17,7 @@ __all__ = [
     "cuda_available",
     "cuda_built",
     "get_num_threads",
+    "label",
     "resample",
     "resample_ct_to_pet",
     "set_num_threads",

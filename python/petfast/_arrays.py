@@ -109,6 +109,11 @@ def _adapt_torch(t, name: str) -> Array:
                  t.data_ptr(), device)
 
 
+def memory_order(a: Array) -> tuple:
+    """The axes of `a` from largest to smallest stride (the order its memory walks them)."""
+    return tuple(sorted(range(a.ndim), key=lambda ax: -abs(a.strides[ax])))
+
+
 def _available_host_bytes() -> int | None:
     try:
         with open("/proc/meminfo") as f:
@@ -123,9 +128,10 @@ def _available_host_bytes() -> int | None:
         return None
 
 
-def empty(like: Array, shape, dtype, *, contiguous: bool = False) -> Array:
-    """A new array of `like`'s kind and device. numpy outputs follow a Fortran-ordered input's order
-    (as nibabel gives them) unless `contiguous` asks for C order (kernel scratch)."""
+def empty(like: Array, shape, dtype, *, axis_order=None, zeroed: bool = False) -> Array:
+    """A new array of `like`'s kind and device, laid out with its axes in `axis_order` (outermost
+    first; (0, 1, 2) is C order). By default numpy outputs follow a Fortran-ordered input's order (as
+    nibabel gives them) and torch outputs are C-ordered."""
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
@@ -136,15 +142,20 @@ def empty(like: Array, shape, dtype, *, contiguous: bool = False) -> Array:
         avail = _available_host_bytes()
         if avail is not None and nbytes > avail:
             raise OutOfMemoryError(f"{what} does not fit in the {avail / 2**30:.2f} GiB of memory available")
+    if axis_order is None:
+        fortran = like.kind == "numpy" and like.obj.flags.f_contiguous and not like.obj.flags.c_contiguous
+        axis_order = (2, 1, 0) if fortran and len(shape) == 3 else tuple(range(len(shape)))
+    inverse = tuple(int(a) for a in np.argsort(axis_order))
+    stored = tuple(shape[a] for a in axis_order)
     try:
-        if like.kind == "numpy":
-            fortran = not contiguous and like.obj.flags.f_contiguous and not like.obj.flags.c_contiguous
-            return adapt(np.empty(shape, dtype, order="F" if fortran else "C"), "output")
+        if like.kind == "numpy":  # np.zeros maps fresh zero pages: untouched parts cost nothing
+            return adapt((np.zeros if zeroed else np.empty)(stored, dtype).transpose(inverse), "output")
         import torch
 
         tdtype = getattr(torch, dtype.name)
         device = torch.device("cuda", like.device) if like.on_cuda else torch.device("cpu")
-        return adapt(torch.empty(shape, dtype=tdtype, device=device), "output")
+        new = torch.zeros if zeroed else torch.empty
+        return adapt(new(stored, dtype=tdtype, device=device).permute(*inverse), "output")
     except MemoryError as e:
         raise OutOfMemoryError(f"{what} does not fit in memory") from e
     except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError

@@ -96,7 +96,7 @@ def _smooth(src: _arrays.Array, sigmas) -> _arrays.Array:
     """src convolved with a Gaussian along each axis with sigma > 0 (float32 scratch, C order)."""
     stream = src.stream()
     axes = [(axis, float(sigma)) for axis, sigma in enumerate(sigmas) if sigma > 0]
-    buffers = [_arrays.empty(src, src.shape, np.float32, contiguous=True) for _ in range(min(len(axes), 2))]
+    buffers = [_arrays.empty(src, src.shape, np.float32, axis_order=(0, 1, 2)) for _ in range(min(len(axes), 2))]
     cur = src
     for n, (axis, sigma) in enumerate(axes):
         taps = _gaussian_taps(sigma)
@@ -169,7 +169,7 @@ def resample(image, src_affine, dst_shape, dst_affine, order: int = 1, fill: flo
         if np.any(sigmas > 0):
             source = _smooth(src, sigmas)
     if order == 3:
-        coef = source if source is not src else _arrays.empty(src, src.shape, np.float32, contiguous=True)
+        coef = source if source is not src else _arrays.empty(src, src.shape, np.float32, axis_order=(0, 1, 2))
         _C.bspline_prefilter(source.spec(), coef.spec(), stream)
         source = coef
     out = _arrays.empty(src, dst_shape, out_dtype)

@@ -1,0 +1,257 @@
+// CPU twin of cuda/label_cuda.cu: 3-D connected components with union-find over voxel indices.
+//
+// The volume is walked in memory order (the view's axes sorted by stride). Each foreground voxel
+// takes the provisional label of an already-visited neighbour of equal value (or a new one) and
+// unites the labels of the others; unions keep the smaller label as root, so a component's root is
+// its first voxel in walk order. Slabs of the outer axis are labelled in parallel and then joined
+// across their boundary planes; roots are numbered 1..N in walk order in one final pass,
+// and when the walk order is not the logical (i, j, k) raster order (a Fortran-ordered array, say)
+// the labels are renumbered so that numbering always follows the first voxel in (i, j, k) raster
+// order, as scipy.ndimage.label and cc3d (for C-ordered input) number them.
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <numeric>
+#include <vector>
+
+#include "petfast/ops.h"
+#include "petfast/parallel.h"
+
+namespace petfast {
+namespace {
+
+// Union-find over provisional labels; the smaller label stays root.
+inline int32_t find_root(std::vector<int32_t>& parent, int32_t x) {
+  while (parent[x] != x) {
+    parent[x] = parent[parent[x]];  // path halving
+    x = parent[x];
+  }
+  return x;
+}
+
+inline void unite(std::vector<int32_t>& parent, int32_t a, int32_t b) {
+  a = find_root(parent, a);
+  b = find_root(parent, b);
+  if (a < b) parent[b] = a;
+  else if (b < a) parent[a] = b;
+}
+
+struct Offset {
+  int da, db, dc;
+};
+
+// Is `d` a neighbour offset under this connectivity (6: faces, 18: + edges, 26: + corners)?
+bool adjacent(Offset d, int connectivity) {
+  const int nonzero = (d.da != 0) + (d.db != 0) + (d.dc != 0);
+  const bool unit = std::abs(d.da) <= 1 && std::abs(d.db) <= 1 && std::abs(d.dc) <= 1;
+  return unit && nonzero >= 1 && nonzero <= (connectivity == 6 ? 1 : (connectivity == 18 ? 2 : 3));
+}
+
+// The already-visited neighbours of a voxel in raster order: the one before it on its row first,
+// then the one below it, then the rest. Two visited neighbours that touch each other and share the
+// voxel's value were joined when the later of them was visited, so once one neighbour has matched,
+// every neighbour adjacent to it is skipped (`covers`): this prunes most loads and unions on
+// dense masks without changing the result.
+struct Neighbourhood {
+  std::vector<Offset> offsets;
+  std::vector<uint32_t> covers;  // bit q: neighbour q is adjacent to this one
+};
+
+Neighbourhood backward_neighbours(int connectivity) {
+  Neighbourhood nb;
+  auto add = [&](Offset d) {
+    for (const Offset& e : nb.offsets)
+      if (e.da == d.da && e.db == d.db && e.dc == d.dc) return;
+    nb.offsets.push_back(d);
+  };
+  add({0, 0, -1});
+  add({-1, 0, 0});
+  add({0, -1, 0});
+  for (int da = -1; da <= 0; ++da)
+    for (int db = -1; db <= 1; ++db)
+      for (int dc = -1; dc <= 1; ++dc) {
+        const Offset d{da, db, dc};
+        const bool backward = da < 0 || (da == 0 && (db < 0 || (db == 0 && dc < 0)));
+        if (backward && adjacent(d, connectivity)) add(d);
+      }
+  for (const Offset& p : nb.offsets) {
+    uint32_t mask = 0;
+    for (size_t q = 0; q < nb.offsets.size(); ++q) {
+      const Offset& e = nb.offsets[q];
+      if (adjacent(Offset{e.da - p.da, e.db - p.db, e.dc - p.dc}, connectivity)) mask |= 1u << q;
+    }
+    nb.covers.push_back(mask);
+  }
+  return nb;
+}
+
+// First index >= c of a nonzero value in a contiguous row (nc if none), 16 values at a time.
+template <typename T>
+inline int64_t skip_background(const T* row, int64_t c, int64_t nc) {
+  for (; c + 16 <= nc; c += 16) {
+    bool any = false;
+    for (int k = 0; k < 16; ++k) any |= row[c + k] != T(0);
+    if (any) break;
+  }
+  while (c < nc && row[c] == T(0)) ++c;
+  return c;
+}
+
+template <typename T>
+int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, const int* order) {
+  // View both volumes in walk order (a: outer, b: middle, c: inner).
+  const int64_t na = src.shape[order[0]], nb = src.shape[order[1]], nc = src.shape[order[2]];
+  const int64_t sa = src.strides[order[0]], sb = src.strides[order[1]], sc = src.strides[order[2]];
+  const T* in = static_cast<const T*>(src.data);
+  int32_t* out = static_cast<int32_t*>(dst.data);  // contiguous in walk order (checked by the caller)
+  const Neighbourhood hood = backward_neighbours(connectivity);
+  const int nn = int(hood.offsets.size());
+  std::vector<int64_t> in_step(nn), out_step(nn);
+  for (int q = 0; q < nn; ++q) {
+    const Offset& d = hood.offsets[q];
+    in_step[q] = d.da * sa + d.db * sb + d.dc * sc;
+    out_step[q] = (d.da * nb + d.db) * nc + d.dc;
+  }
+  const int64_t plane = nb * nc;
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), na / 4)));
+  std::vector<int64_t> slab(threads + 1);
+  for (int t = 0; t <= threads; ++t) slab[t] = na * t / threads;
+  std::vector<std::vector<int32_t>> parents(threads);
+
+  // Provisional label of voxel (a, b, c) of value `val` from its visited neighbours (0: none),
+  // uniting the labels of the neighbours that match. `inside` skips the bounds checks.
+  auto join = [&](std::vector<int32_t>& parent, int64_t a, int64_t b, int64_t c, const T* p, int32_t* o, T val,
+                  int64_t a_min, bool inside) {
+    int32_t mine = 0;
+    uint32_t covered = 0;
+    for (int q = 0; q < nn; ++q) {
+      if (covered >> q & 1u) continue;
+      if (!inside) {
+        const Offset& d = hood.offsets[q];
+        const int64_t a2 = a + d.da, b2 = b + d.db, c2 = c + d.dc;
+        if (a2 < a_min || b2 < 0 || b2 >= nb || c2 < 0 || c2 >= nc) continue;
+      }
+      if (p[in_step[q]] != val) continue;
+      covered |= hood.covers[q];
+      const int32_t theirs = o[out_step[q]];
+      if (mine == 0) mine = theirs;
+      else if (theirs != mine) unite(parent, mine, theirs);
+    }
+    return mine;
+  };
+
+  // 1. Provisional labels, slab by slab in parallel (labels 1.. local to each slab). The output
+  // arrives zeroed, so background is never written (fresh pages of it are never even touched).
+  std::vector<uint8_t> row_has_fg(na * nb, 0);
+  parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      std::vector<int32_t>& parent = parents[t];
+      parent.assign(1, 0);
+      for (int64_t a = slab[t]; a < slab[t + 1]; ++a)
+        for (int64_t b = 0; b < nb; ++b) {
+          const T* row = in + a * sa + b * sb;
+          int32_t* orow = out + (a * nb + b) * nc;
+          const bool inner_row = a > slab[t] && b > 0 && b < nb - 1;
+          for (int64_t c = 0; c < nc; ++c) {
+            if (sc == 1) c = skip_background(row, c, nc);
+            if (c >= nc) break;
+            const T val = row[c * sc];
+            if (val == T(0)) continue;
+            row_has_fg[a * nb + b] = 1;
+            const bool inside = inner_row && c > 0 && c < nc - 1;
+            int32_t mine = join(parent, a, b, c, row + c * sc, orow + c, val, slab[t], inside);
+            if (mine == 0) {
+              mine = int32_t(parent.size());
+              parent.push_back(mine);
+            }
+            orow[c] = mine;
+          }
+        }
+    }
+  });
+  // 2. One label space: slab t's label l becomes offset[t] + l; join slabs across boundary planes.
+  std::vector<int64_t> offset(threads + 1, 0);
+  for (int t = 0; t < threads; ++t) offset[t + 1] = offset[t] + int64_t(parents[t].size()) - 1;
+  require(offset[threads] < INT32_MAX, "label: too many provisional labels");
+  std::vector<int32_t> parent(offset[threads] + 1);
+  parent[0] = 0;
+  for (int t = 0; t < threads; ++t)
+    for (size_t l = 1; l < parents[t].size(); ++l) parent[offset[t] + l] = int32_t(offset[t] + parents[t][l]);
+  for (int t = 1; t < threads; ++t) {
+    const int64_t a = slab[t];
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t c = 0; c < nc; ++c) {
+        const T val = in[a * sa + b * sb + c * sc];
+        if (val == T(0)) continue;
+        const int32_t mine = int32_t(offset[t] + out[(a * nb + b) * nc + c]);
+        for (const Offset& n : hood.offsets) {
+          if (n.da == 0) continue;
+          const int64_t b2 = b + n.db, c2 = c + n.dc;
+          if (b2 < 0 || b2 >= nb || c2 < 0 || c2 >= nc || in[(a - 1) * sa + b2 * sb + c2 * sc] != val) continue;
+          unite(parent, mine, int32_t(offset[t - 1] + out[((a - 1) * nb + b2) * nc + c2]));
+        }
+      }
+  }
+  // 3. Roots (each component's first provisional label, so its first voxel in walk order) get 1..N.
+  std::vector<int32_t> final_label(parent.size(), 0);
+  int32_t count = 0;
+  for (size_t g = 1; g < parent.size(); ++g) {
+    const int32_t r = find_root(parent, int32_t(g));
+    final_label[g] = r == int32_t(g) ? ++count : final_label[r];
+  }
+  parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int32_t* f = final_label.data() + offset[t];
+      for (int64_t r = slab[t] * nb; r < slab[t + 1] * nb; ++r) {
+        if (!row_has_fg[r]) continue;
+        int32_t* orow = out + r * nc;
+        for (int64_t c = 0; c < nc; ++c)
+          if (orow[c] != 0) orow[c] = f[orow[c]];
+      }
+    }
+  });
+  if (order[0] == 0 && order[1] == 1 && order[2] == 2) return count;
+
+  // 5. Renumber by the first voxel in logical (i, j, k) raster order.
+  int64_t logical_stride[3];  // logical C-order index step of each walk axis
+  const int64_t lstr[3] = {src.shape[1] * src.shape[2], src.shape[2], 1};
+  for (int w = 0; w < 3; ++w) logical_stride[w] = lstr[order[w]];
+  std::vector<std::vector<int64_t>> firsts(threads, std::vector<int64_t>(count + 1, INT64_MAX));
+  parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      auto& first = firsts[t];
+      for (int64_t a = slab[t]; a < slab[t + 1]; ++a)
+        for (int64_t b = 0; b < nb; ++b)
+          for (int64_t c = 0; c < nc; ++c) {
+            const int32_t l = out[(a * nb + b) * nc + c];
+            if (l == 0) continue;
+            const int64_t ci = a * logical_stride[0] + b * logical_stride[1] + c * logical_stride[2];
+            if (ci < first[l]) first[l] = ci;
+          }
+    }
+  });
+  for (int t = 1; t < threads; ++t)
+    for (int64_t l = 1; l <= count; ++l) firsts[0][l] = std::min(firsts[0][l], firsts[t][l]);
+  std::vector<int32_t> by_first(count);
+  std::iota(by_first.begin(), by_first.end(), 1);
+  std::sort(by_first.begin(), by_first.end(), [&](int32_t p, int32_t q) { return firsts[0][p] < firsts[0][q]; });
+  std::vector<int32_t> new_label(count + 1, 0);
+  for (int64_t r = 0; r < count; ++r) new_label[by_first[r]] = int32_t(r + 1);
+  parallel_for(na * plane, 1 << 16, [&](int64_t v0, int64_t v1) {
+    for (int64_t v = v0; v < v1; ++v) out[v] = new_label[out[v]];
+  });
+  return count;
+}
+
+}  // namespace
+
+int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const int* order) {
+  int64_t count = 0;
+  dispatch_dtype(src.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    count = label_typed<T>(src, dst, connectivity, order);
+  });
+  return count;
+}
+
+}  // namespace petfast

@@ -1,0 +1,38 @@
+// Argument checks and CPU/CUDA dispatch for label (3-D connected components).
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <string>
+
+#include "petfast/ops.h"
+
+namespace petfast {
+
+int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream) {
+  for (int a = 0; a < 3; ++a) {
+    require(src.shape[a] > 0, "label: every axis must have at least one voxel");
+    require(dst.shape[a] == src.shape[a], "label: labels must have the mask's shape");
+  }
+  require(src.device == dst.device, "label: mask and labels live on different devices");
+  require(dst.dtype == DType::Int32, "label: labels are int32");
+  require(connectivity == 6 || connectivity == 18 || connectivity == 26, "connectivity must be 6, 18 or 26");
+  require(src.size() < INT32_MAX, "label: volumes of 2^31 voxels or more are not supported");
+  // The CPU walks in the mask's memory order and the labels must be laid out in that same order;
+  // the GPU walks in (i, j, k) raster order with C-contiguous labels.
+  int order[3] = {0, 1, 2};
+  if (!src.on_cuda()) std::stable_sort(order, order + 3, [&](int p, int q) { return std::llabs(src.strides[p]) > std::llabs(src.strides[q]); });
+  require(dst.strides[order[2]] == 1 && dst.strides[order[1]] == dst.shape[order[2]] &&
+              dst.strides[order[0]] == dst.shape[order[1]] * dst.shape[order[2]],
+          "internal: labels must be contiguous in the mask's memory order");
+  if (src.on_cuda()) {
+#ifdef PETFAST_WITH_CUDA
+    require(scratch.device == src.device, "internal: label scratch on another device");
+    return label_cuda(src, dst, connectivity, scratch, stream);
+#else
+    throw std::invalid_argument("petfast was built without CUDA kernels; pass a CPU array or install a CUDA build");
+#endif
+  }
+  return label_cpu(src, dst, connectivity, order);
+}
+
+}  // namespace petfast

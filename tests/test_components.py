@@ -1,0 +1,150 @@
+"""petfast.label against cc3d and scipy; CUDA against the CPU twin; bad input."""
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+import petfast
+
+from _testdata import organ_maps
+
+cc3d = pytest.importorskip("cc3d")
+
+STRUCTURES = {6: ndi.generate_binary_structure(3, 1), 18: ndi.generate_binary_structure(3, 2),
+              26: ndi.generate_binary_structure(3, 3)}
+
+
+def reference(mask, connectivity):
+    """cc3d on the C-ordered mask (cc3d numbers a Fortran array in memory order instead)."""
+    return cc3d.connected_components(np.ascontiguousarray(mask), connectivity=connectivity)
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+@pytest.mark.parametrize("density", [0.02, 0.2, 0.45, 0.7])
+def test_random_noise_matches_cc3d_and_scipy(connectivity, density, rng):
+    mask = (rng.random((37, 29, 41)) < density).astype(np.uint8)
+    labels, count = petfast.label(mask, connectivity)
+    ref = reference(mask, connectivity)
+    assert labels.dtype == np.int32 and count == ref.max()
+    np.testing.assert_array_equal(labels, ref)
+    sp, n = ndi.label(mask, STRUCTURES[connectivity])
+    assert n == count
+    np.testing.assert_array_equal(labels, sp)
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_multilabel_joins_only_equal_values(connectivity, rng):
+    mask = rng.integers(0, 4, (30, 31, 32)).astype(np.int16) * (rng.random((30, 31, 32)) < 0.6)
+    labels, count = petfast.label(mask, connectivity)
+    np.testing.assert_array_equal(labels, reference(mask, connectivity))
+    # Two touching voxels of different values stay apart.
+    two = np.zeros((1, 1, 2), np.uint8)
+    two[0, 0] = [1, 2]
+    assert petfast.label(two, connectivity)[1] == 2
+
+
+def shapes():
+    z = np.zeros((12, 12, 12), np.uint8)
+    spiral = z.copy()
+    t = np.linspace(0, 6 * np.pi, 400)
+    spiral[(5.5 + 5 * np.cos(t)).astype(int), (5.5 + 5 * np.sin(t)).astype(int), (t / (6 * np.pi) * 11).astype(int)] = 1
+    shell = z.copy()
+    x, y, w = np.mgrid[:12, :12, :12]
+    r = np.sqrt((x - 5.5) ** 2 + (y - 5.5) ** 2 + (w - 5.5) ** 2)
+    shell[(r > 3.5) & (r < 4.5)] = 1
+    shell[5, 5, 5] = 1  # an isolated core inside the shell
+    edge = z.copy()  # touch along an edge: joined by 18 and 26, not by 6
+    edge[2, 2, 2] = edge[3, 3, 2] = 1
+    corner = z.copy()  # touch at a corner: joined by 26 only
+    corner[2, 2, 2] = corner[3, 3, 3] = 1
+    checker = ((x + y + w) % 2).astype(np.uint8)  # 6: every voxel alone; 18 and 26: one component
+    return {"spiral": spiral, "shell": shell, "edge": edge, "corner": corner, "checker": checker,
+            "empty": z, "full": np.ones_like(z), "thin": np.ones((1, 9, 1), np.uint8), "single": np.ones((1, 1, 1), np.uint8)}
+
+
+@pytest.mark.parametrize("name", list(shapes()))
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_structured_shapes(name, connectivity):
+    mask = shapes()[name]
+    labels, count = petfast.label(mask, connectivity)
+    np.testing.assert_array_equal(labels, reference(mask, connectivity))
+    expected = {("edge", 6): 2, ("edge", 18): 1, ("edge", 26): 1, ("corner", 6): 2, ("corner", 18): 2,
+                ("corner", 26): 1, ("empty", 6): 0, ("full", 26): 1, ("checker", 18): 1}
+    if (name, connectivity) in expected:
+        assert count == expected[(name, connectivity)]
+    if name == "checker" and connectivity == 6:
+        assert count == mask.sum()
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_layouts_and_threads_give_identical_labels(connectivity, rng):
+    mask = (rng.random((33, 26, 47)) < 0.4).astype(np.uint8) * rng.integers(1, 3, (33, 26, 47)).astype(np.uint8)
+    expected = reference(mask, connectivity)
+    variants = {"C": mask, "Fortran": np.asfortranarray(mask), "strided": np.repeat(mask, 2, axis=2)[:, :, ::2],
+                "negative": np.ascontiguousarray(mask[::-1])[::-1], "permuted": np.ascontiguousarray(mask.transpose(2, 0, 1)).transpose(1, 2, 0),
+                "bool": mask.astype(bool) if mask.max() == 1 else mask, "float64": mask.astype(np.float64)}
+    before = petfast.get_num_threads()
+    try:
+        for threads in (1, 2, 3, 5):
+            petfast.set_num_threads(threads)
+            for name, v in variants.items():
+                labels, count = petfast.label(v, connectivity)
+                np.testing.assert_array_equal(labels, expected, err_msg=f"{name}, {threads} threads")
+    finally:
+        petfast.set_num_threads(before)
+
+
+def test_fortran_input_keeps_its_layout(rng):
+    mask = np.asfortranarray((rng.random((10, 11, 12)) < 0.3).astype(np.uint8))
+    labels, _ = petfast.label(mask)
+    assert labels.flags.f_contiguous
+
+
+@pytest.mark.skipif(not organ_maps(), reason="../shared/data/organs not present")
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_real_organ_maps(connectivity):
+    from petfast import io
+
+    maps = organ_maps() if connectivity == 26 else organ_maps()[::3]  # all six grids once, two for 6 and 18
+    for path in maps:
+        organs = io.load(path).data  # Fortran-ordered, as nibabel stores it
+        labels, count = petfast.label(organs, connectivity)
+        assert count > 5 and np.array_equal(labels, reference(organs, connectivity)), path.name
+        binary = petfast.label(organs > 0, connectivity)[0]
+        assert np.array_equal(binary, reference((organs > 0).astype(np.uint8), connectivity)), path.name
+
+
+def test_torch_cpu(rng):
+    torch = pytest.importorskip("torch")
+    mask = (rng.random((20, 21, 22)) < 0.3).astype(np.uint8)
+    labels, count = petfast.label(torch.from_numpy(mask) > 0, 18)
+    assert isinstance(labels, torch.Tensor) and labels.dtype == torch.int32
+    np.testing.assert_array_equal(labels.numpy(), reference(mask, 18))
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (np.zeros((4, 4), np.uint8), ValueError, "3-D"),
+    (np.zeros((0, 4, 4), np.uint8), ValueError, "empty"),
+    (np.zeros((4, 4, 4), np.int64), TypeError, "supported"),
+    (np.zeros((4, 4, 4), np.complex64), TypeError, "dtype"),
+])
+def test_bad_masks(bad, error, match):
+    with pytest.raises(error, match=match):
+        petfast.label(bad)
+
+
+def test_bad_connectivity():
+    with pytest.raises(ValueError, match="6, 18 or 26"):
+        petfast.label(np.zeros((3, 3, 3), np.uint8), connectivity=8)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+@pytest.mark.parametrize("density", [0.02, 0.3, 0.6])
+def test_cuda_matches_cpu(connectivity, density, rng):
+    torch = pytest.importorskip("torch")
+    mask = (rng.random((45, 38, 51)) < density).astype(np.uint8) * rng.integers(1, 3, (45, 38, 51)).astype(np.uint8)
+    cpu, n_cpu = petfast.label(mask, connectivity)
+    for variant in (torch.from_numpy(mask).cuda(), torch.from_numpy(np.asfortranarray(mask).T.copy()).cuda().T):
+        gpu, n_gpu = petfast.label(variant, connectivity)
+        assert gpu.is_cuda and n_gpu == n_cpu
+        np.testing.assert_array_equal(gpu.cpu().numpy(), cpu)
