@@ -18,6 +18,8 @@ void resample(const Volume& src, const Volume& dst, const ResampleArgs& a, uintp
 void bspline_prefilter(const Volume& src, const Volume& coef, uintptr_t stream);
 void convolve_axis(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps, uintptr_t stream);
 int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream);
+void component_stats(const Volume& labels, const Volume* image, int64_t count, const Volume& acc, const Volume& box,
+                     uintptr_t stream);
 
 namespace {
 std::atomic<int> g_threads{int(std::max(1u, std::thread::hardware_concurrency()))};
@@ -107,6 +109,16 @@ PYBIND11_MODULE(_C, m) {
         return label(s, d, connectivity, c, stream);
       },
       py::arg("src"), py::arg("dst"), py::arg("connectivity"), py::arg("scratch"), py::arg("stream"));
+  m.def(
+      "component_stats",
+      [](py::tuple labels, py::object image, int64_t count, py::tuple acc, py::tuple box, uintptr_t stream) {
+        Volume l = to_volume(labels), a = to_volume(acc), b = to_volume(box), i;
+        const bool has_image = !image.is_none();
+        if (has_image) i = to_volume(image.cast<py::tuple>());
+        py::gil_scoped_release release;
+        component_stats(l, has_image ? &i : nullptr, count, a, b, stream);
+      },
+      py::arg("labels"), py::arg("image"), py::arg("count"), py::arg("acc"), py::arg("box"), py::arg("stream"));
   m.def(
       "convolve_axis",
       [](py::tuple src, py::tuple dst, int axis, std::vector<float> taps, uintptr_t stream) {

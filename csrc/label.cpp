@@ -35,4 +35,28 @@ int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volu
   return label_cpu(src, dst, connectivity, order);
 }
 
+void component_stats(const Volume& labels, const Volume* image, int64_t count, const Volume& acc, const Volume& box,
+                     uintptr_t stream) {
+  require(labels.dtype == DType::Int32, "component_stats: labels must be int32 (as petfast.label returns)");
+  require(count >= 0 && count < INT32_MAX, "component_stats: bad label count");
+  require(acc.dtype == DType::Float64 && acc.c_contiguous() && acc.shape[0] == count + 1 && acc.shape[1] == kStatsColumns,
+          "internal: statistics rows");
+  require(box.dtype == DType::Int32 && box.c_contiguous() && box.shape[0] == count + 1 && box.shape[1] == 6,
+          "internal: bounding-box rows");
+  if (image) {
+    for (int a = 0; a < 3; ++a) require(image->shape[a] == labels.shape[a], "component_stats: image and labels differ in shape");
+    require(image->device == labels.device, "component_stats: image and labels live on different devices");
+  }
+  require(acc.device == labels.device && box.device == labels.device, "internal: statistics on another device");
+  if (labels.on_cuda()) {
+#ifdef PETFAST_WITH_CUDA
+    component_stats_cuda(labels, image, count, static_cast<double*>(acc.data), static_cast<int32_t*>(box.data), stream);
+    return;
+#else
+    throw std::invalid_argument("petfast was built without CUDA kernels; pass a CPU array or install a CUDA build");
+#endif
+  }
+  component_stats_cpu(labels, image, count, static_cast<double*>(acc.data), static_cast<int32_t*>(box.data));
+}
+
 }  // namespace petfast

@@ -29,7 +29,16 @@ void convolve_axis_cpu(const Volume& src, const Volume& dst, int axis, const std
 // raster order. Returns N.
 int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const int* order);
 
+// Per-label statistics of int32 labels 1..count: acc is (count + 1) x kStatsColumns float64 rows
+// (voxels, sum i, sum j, sum k, image sum, image max) and box (count + 1) x 6 int32 rows
+// (min i, max i, min j, max j, min k, max k), both initialised by the caller (zeros, -inf for the
+// image max, INT32_MAX / -1 for the box) and accumulated into. image may be null.
+constexpr int kStatsColumns = 6;
+void component_stats_cpu(const Volume& labels, const Volume* image, int64_t count, double* acc, int32_t* box);
+
 #ifdef PETFAST_WITH_CUDA
+void component_stats_cuda(const Volume& labels, const Volume* image, int64_t count, double* acc, int32_t* box,
+                          uintptr_t stream);
 // Labels C-contiguous; scratch: int32 of at least ceil(size / 1024) + 1 entries.
 int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream);
 void resample_cuda(const Volume& src, const Volume& dst, const ResampleArgs& args, uintptr_t stream);

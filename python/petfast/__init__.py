@@ -7,17 +7,20 @@ from __future__ import annotations
 import os as _os
 
 from . import _C
-from .components import label
+from .components import component_stats, label, remove_small
 from .resample import resample, resample_ct_to_pet
+from . import metrics, quant  # noqa: E402  (submodules of the public API)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "component_stats",
     "cuda_available",
     "cuda_built",
     "get_num_threads",
     "label",
+    "remove_small",
     "resample",
     "resample_ct_to_pet",
     "set_num_threads",

@@ -12,7 +12,6 @@ import numpy as np
 # Subcommands whose implementation arrives in a later release; listed so that --help shows the plan.
 _PLANNED = {
     "predict": "segment lesions in studies with an nnU-Net v2 or petfast model",
-    "evaluate": "autoPET metrics (Dice, false positive/negative volume) and lesion tables",
     "train": "train a model on GPU-sampled patches",
 }
 
@@ -114,6 +113,70 @@ def _check(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    import csv
+    import io as _io
+    import json
+
+    from . import io, metrics, quant
+
+    gt_dir, pred_dir = Path(args.gt), Path(args.pred)
+    for d in (gt_dir, pred_dir) + ((Path(args.pet),) if args.pet else ()):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such folder")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    gts = sorted(p for p in gt_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")))
+    if not gts:
+        raise FileNotFoundError(f"{gt_dir}: no .nii.gz or .nii ground-truth files")
+    rows = []
+    it = gts
+    if not args.quiet:
+        from tqdm import tqdm
+
+        it = tqdm(gts, desc="petfast evaluate", unit="case")
+    t0 = time.perf_counter()
+    for gt_path in it:
+        case = gt_path.name[: -len(".nii.gz")] if gt_path.name.endswith(".gz") else gt_path.name[: -len(".nii")]
+        pred_path = pred_dir / gt_path.name
+        if not pred_path.exists():
+            raise FileNotFoundError(f"{pred_path}: no prediction for case {case}")
+        gt, pred = io.load(gt_path), io.load(pred_path)
+        if gt.data.shape != pred.data.shape or not np.allclose(gt.affine, pred.affine, atol=1e-3):
+            raise ValueError(f"{pred_path}: its grid differs from the ground truth's ({gt_path})")
+        voxel_ml = float(np.prod(gt.spacing)) / 1000.0  # from the ground truth's header, as autoPET III
+        row = {"case": case, **metrics.autopet(gt.data, pred.data, voxel_ml)}
+        if args.pet:
+            pet_path = next((p for p in (Path(args.pet) / f"{case}_0001.nii.gz", Path(args.pet) / gt_path.name)
+                             if p.exists()), None)
+            if pet_path is None:
+                raise FileNotFoundError(f"{args.pet}: no PET for case {case} ({case}_0001.nii.gz or {gt_path.name})")
+            pet = io.load(pet_path)
+            for who, m in (("pred", pred.data), ("gt", gt.data)):
+                s = quant.lesions(pet.data, m, gt.spacing)["study"]
+                row.update({f"{who}_mtv_ml": s["mtv_ml"], f"{who}_tlg": s["tlg"], f"{who}_suv_max": s["suv_max"],
+                            f"{who}_dmax_mm": s["dmax_mm"]})
+        rows.append(row)
+    summary = metrics.aggregate(rows)
+    if out.suffix == ".json":
+        text = json.dumps({"cases": rows, "aggregate": summary}, indent=2, allow_nan=True) + "\n"
+    else:
+        buf = _io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        for stat in ("mean", "median"):
+            w.writerow({k: (stat.upper() if k == "case" else summary.get(f"{k}_{stat}", "")) for k in rows[0]})
+        text = buf.getvalue()
+    io.atomic_write(out, lambda f: f.write(text.encode()), args.overwrite)
+    print(f"{len(rows)} cases in {time.perf_counter() - t0:.1f} s -> {out}")
+    print(f"  Dice {summary['dice_mean']:.4f} (mean over {summary['dice_n']} cases with lesions), "
+          f"FPV {summary['fp_volume_ml_mean']:.2f} ml (mean over {summary['fp_volume_ml_n']}), "
+          f"FNV {summary['fn_volume_ml_mean']:.2f} ml (mean over {summary['fn_volume_ml_n']})")
+    return 0
+
+
 def _planned(name):
     def run(args) -> int:
         print(f"petfast {name}: not available in this version yet ({_PLANNED[name]}).", file=sys.stderr)
@@ -167,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset", metavar="DATASET", help="folder with imagesTr/, labelsTr/, dataset.json")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_check)
+    s = sub.add_parser("evaluate", help="autoPET metrics (Dice, false positive/negative volume) per case",
+                       description="Compare predicted lesion masks with ground truth the way the autoPET "
+                                   "challenge does (18-connected components; Dice and FNV are NaN for studies "
+                                   "without lesions and skipped in the means; FPV counts everywhere). Files are "
+                                   "matched by name; the voxel volume comes from the ground truth's header.")
+    s.add_argument("--gt", required=True, metavar="DIR", help="ground-truth masks (<case>.nii.gz)")
+    s.add_argument("--pred", required=True, metavar="DIR", help="predicted masks with the same file names")
+    s.add_argument("--pet", metavar="DIR", help="PET in SUV (<case>_0001.nii.gz or <case>.nii.gz): adds MTV, TLG, "
+                                               "SUVmax and Dmax of the predicted and true lesions")
+    s.add_argument("--out", required=True, metavar="FILE", help="results.csv (per case + MEAN/MEDIAN rows) or .json")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_evaluate)
     for name, text in _PLANNED.items():
         s = sub.add_parser(name, help=f"(not yet available) {text}")
         s.set_defaults(func=_planned(name))

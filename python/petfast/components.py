@@ -67,3 +67,104 @@ def label(mask, connectivity: int = 26):
         scratch = None
     count = _C.label(src.spec(), out.spec(), connectivity, scratch, src.stream())
     return out.obj, int(count)
+
+
+class ComponentStats(dict):
+    """Per-component statistics; each value is a numpy array with one row per label 1..N (row 0 is
+    label 1). Keys: ``voxels``, ``volume_ml``, ``bbox`` (N x 6: min i, max i, min j, max j, min k,
+    max k, inclusive voxel indices), ``centroid_mm`` (N x 3, along the array axes from the centre of
+    voxel (0, 0, 0), i.e. index x spacing), and with an image ``max``, ``mean``, ``sum``."""
+
+    __getattr__ = dict.__getitem__
+
+
+def _labels(labels) -> _arrays.Array:
+    a = _arrays.adapt(labels, "labels")
+    if a.ndim != 3:
+        raise ValueError(f"labels must be a 3-D volume, got shape {a.shape}")
+    if a.dtype != np.int32:
+        raise TypeError(f"labels must be int32 (as petfast.label returns), got {a.dtype}")
+    return a
+
+
+def _spacing(spacing) -> np.ndarray:
+    s = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    if s.shape != (3,) or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {spacing!r}")
+    return s
+
+
+def component_stats(labels, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats:
+    """Statistics of each labelled component in one pass over the volume (CPU or CUDA).
+
+    labels: int32 labels 1..N as :func:`label` returns (0 background). image: optional volume of the
+    same shape on the same device (e.g. PET in SUV). spacing: voxel size in mm along (i, j, k).
+    Returns a :class:`ComponentStats` of numpy arrays (small, one row per component).
+    """
+    lab = _labels(labels)
+    sp = _spacing(spacing)
+    img = None
+    if image is not None:
+        img = _arrays.adapt(image, "image")
+        if img.shape != lab.shape:
+            raise ValueError(f"image shape {img.shape} differs from labels shape {lab.shape}")
+        if img.device != lab.device:
+            raise ValueError("image and labels live on different devices")
+        if img.dtype.kind == "f" and _any_nan(img):
+            raise ValueError("image contains NaN values")
+    count = _max_label(lab)
+    acc = _arrays.empty(lab, (count + 1, 6, 1), np.float64, axis_order=(0, 1, 2), zeroed=True)
+    box = _arrays.empty(lab, (count + 1, 6, 1), np.int32, axis_order=(0, 1, 2))
+    acc.obj[:, 5] = -np.inf
+    box.obj[:, 0::2] = np.iinfo(np.int32).max
+    box.obj[:, 1::2] = -1
+    _C.component_stats(lab.spec(), img.spec() if img else None, count, acc.spec(), box.spec(), lab.stream())
+    a = _to_numpy(acc.obj)[1:, :, 0]
+    b = _to_numpy(box.obj)[1:, :, 0]
+    voxels = a[:, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = ComponentStats(voxels=voxels.astype(np.int64), volume_ml=voxels * np.prod(sp) / 1000.0, bbox=b,
+                             centroid_mm=a[:, 1:4] / voxels[:, None] * sp)
+        if img is not None:
+            out.update(sum=a[:, 4], mean=a[:, 4] / voxels, max=a[:, 5])
+    return out
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.cpu().numpy() if _arrays._is_torch(x) else np.asarray(x)
+
+
+def _max_label(lab: _arrays.Array) -> int:
+    m = lab.obj.max()
+    return max(int(m), 0)
+
+
+def _any_nan(img: _arrays.Array) -> bool:
+    return bool(img.obj.isnan().any()) if img.kind == "torch" else bool(np.isnan(img.obj).any())
+
+
+def remove_small(mask, min_voxels: int | None = None, min_ml: float | None = None, spacing=None,
+                 connectivity: int = 26):
+    """``mask`` with every component smaller than the threshold set to 0 (like cc3d.dust).
+
+    Give ``min_voxels``, or ``min_ml`` with ``spacing`` (mm). Components with at least that many
+    voxels (or ml) are kept. Returns an array of the mask's dtype, kind and device.
+    """
+    if (min_voxels is None) == (min_ml is None):
+        raise ValueError("give exactly one of min_voxels or min_ml")
+    if min_ml is not None:
+        if spacing is None:
+            raise ValueError("min_ml needs spacing (voxel size in mm)")
+        min_voxels = float(min_ml) * 1000.0 / float(np.prod(_spacing(spacing)))
+    if min_voxels < 0:
+        raise ValueError(f"the size threshold must be non-negative, got {min_voxels}")
+    labels, count = label(mask, connectivity)
+    voxels = component_stats(labels)["voxels"]
+    keep = np.concatenate([[False], voxels >= min_voxels])
+    if _arrays._is_torch(labels):
+        import torch
+
+        keep_t = torch.from_numpy(keep).to(labels.device)
+        return torch.where(keep_t[labels.long()], mask, torch.zeros((), dtype=mask.dtype, device=mask.device))
+    m = np.asanyarray(mask)
+    return np.where(keep[labels], m, np.zeros((), m.dtype))

@@ -1,0 +1,95 @@
+"""autoPET metrics: Dice, false positive and false negative volume, and lesion-wise detection.
+
+Definitions follow the official autoPET III/IV evaluation (ClinicalDataScience/autoPETIII
+``evaluation_metrics.py``, lab-midas/autoPETCTIV), with connected components at 18-connectivity:
+
+* ``dice`` = 2 |gt and pred| / (|gt| + |pred|); **NaN when the ground truth is empty**.
+* ``fp_volume_ml``: total volume of predicted components that touch no ground-truth voxel
+  (0 when the prediction is empty).
+* ``fn_volume_ml``: total volume of ground-truth components that touch no predicted voxel;
+  **NaN when the ground truth is empty**.
+* Lesion-wise: ``tp_lesions`` (ground-truth components touched by the prediction), ``fn_lesions``
+  (untouched ones), ``fp_lesions`` (predicted components touching no ground truth).
+
+Masks are binarised (nonzero = lesion). For a cohort, autoPET averages Dice and FNV over the
+studies with lesions (NaN-skipping means) and FPV over all studies: see :func:`aggregate`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .components import label
+
+CONNECTIVITY = 18
+
+
+def _binary(x, name):
+    if type(x).__module__.split(".")[0] == "torch":
+        return x != 0
+    x = np.asanyarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be a 3-D mask, got shape {x.shape}")
+    if x.dtype.kind == "f" and np.isnan(x).any():
+        raise ValueError(f"{name} contains NaN values")
+    return x != 0
+
+
+def _overlap_sizes(labels, count, other):
+    """Per component of `labels` (1..count): voxel count and voxels shared with mask `other`."""
+    if type(labels).__module__.split(".")[0] == "torch":
+        import torch
+
+        flat = labels.reshape(-1).long()
+        sizes = torch.bincount(flat, minlength=count + 1).cpu().numpy()
+        shared = torch.bincount(flat[other.reshape(-1)], minlength=count + 1).cpu().numpy()
+    else:
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        shared = np.bincount(labels[other], minlength=count + 1)
+    return sizes[1:], shared[1:]
+
+
+def autopet(gt, pred, voxel_ml: float) -> dict:
+    """autoPET metrics of one study. gt, pred: 3-D masks of one shape (numpy or torch, CPU or CUDA);
+    voxel_ml: the volume of one voxel in ml (product of the spacing in mm / 1000). See module notes."""
+    if not (isinstance(voxel_ml, (int, float, np.floating)) and math.isfinite(voxel_ml) and voxel_ml > 0):
+        raise ValueError(f"voxel_ml must be a positive number of ml, got {voxel_ml!r}")
+    g, p = _binary(gt, "gt"), _binary(pred, "pred")
+    if tuple(g.shape) != tuple(p.shape):
+        raise ValueError(f"gt shape {tuple(g.shape)} differs from pred shape {tuple(p.shape)}")
+    n_gt, n_pred = int(g.sum()), int(p.sum())
+    inter = int((g & p).sum())
+    gt_labels, gt_count = label(g, CONNECTIVITY)
+    pred_labels, pred_count = label(p, CONNECTIVITY)
+    gt_sizes, gt_hit = _overlap_sizes(gt_labels, gt_count, p)
+    pred_sizes, pred_hit = _overlap_sizes(pred_labels, pred_count, g)
+    fn = gt_hit == 0
+    fp = pred_hit == 0
+    return {
+        "dice": 2.0 * inter / (n_gt + n_pred) if n_gt else math.nan,
+        "fp_volume_ml": float(pred_sizes[fp].sum()) * voxel_ml,
+        "fn_volume_ml": float(gt_sizes[fn].sum()) * voxel_ml if n_gt else math.nan,
+        "tp_lesions": int((~fn).sum()),
+        "fp_lesions": int(fp.sum()),
+        "fn_lesions": int(fn.sum()),
+        "gt_lesions": int(gt_count),
+        "pred_lesions": int(pred_count),
+        "gt_volume_ml": n_gt * voxel_ml,
+        "pred_volume_ml": n_pred * voxel_ml,
+    }
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """Cohort summary as autoPET reports it: for every numeric field of the rows, the mean and median
+    over the studies where it is defined (NaN-skipping: Dice and FNV over studies with lesions, FPV
+    over all) and how many studies that was (``<field>_n``)."""
+    out = {"studies": len(rows)}
+    keys = [k for k in (rows[0] if rows else {}) if isinstance(rows[0][k], (int, float, np.number))]
+    for key in keys:
+        values = np.array([r[key] for r in rows if key in r], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        out[f"{key}_mean"] = float(values.mean()) if values.size else math.nan
+        out[f"{key}_median"] = float(np.median(values)) if values.size else math.nan
+        out[f"{key}_n"] = int(values.size)
+    return out

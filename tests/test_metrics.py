@@ -1,0 +1,238 @@
+"""Component statistics, dust, autoPET metrics, PET quantification and `petfast evaluate`."""
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+import petfast
+from petfast import io, metrics, phantom, quant
+from petfast.cli import main
+
+cc3d = pytest.importorskip("cc3d")
+
+
+def official_autopet(gt, pred, voxel_ml):
+    """An independent implementation, written as the autoPET III evaluation script does it."""
+    gt, pred = (gt != 0).astype(int), (pred != 0).astype(int)
+    if gt.sum() == 0:
+        dice, fnv = math.nan, math.nan
+    else:
+        dice = 2 * (gt * pred).sum() / (gt.sum() + pred.sum())
+        cc = cc3d.connected_components(gt, connectivity=18)
+        fnv = sum((cc == i).sum() for i in range(1, cc.max() + 1) if ((cc == i) * pred).sum() == 0) * voxel_ml
+    fpv = 0.0
+    if pred.sum():
+        cc = cc3d.connected_components(pred, connectivity=18)
+        fpv = sum((cc == i).sum() for i in range(1, cc.max() + 1) if ((cc == i) * gt).sum() == 0) * voxel_ml
+    return dice, fpv, fnv
+
+
+def blobs(rng, shape=(40, 44, 36), n=8):
+    m = np.zeros(shape, np.uint8)
+    for _ in range(n):
+        c = rng.integers(4, np.array(shape) - 4)
+        r = rng.integers(1, 4)
+        m[c[0] - r:c[0] + r + 1, c[1] - r:c[1] + r + 1, c[2] - r:c[2] + r + 1] = 1
+    return m
+
+
+def test_component_stats_match_cc3d_and_scipy(rng):
+    mask = (rng.random((30, 41, 25)) < 0.3).astype(np.uint8)
+    image = rng.normal(2, 1, mask.shape).astype(np.float32)
+    labels, n = petfast.label(mask, 26)
+    st = petfast.component_stats(labels, image, spacing=(2.0, 2.0, 3.0))
+    ref = cc3d.statistics(labels)
+    idx = np.arange(1, n + 1)
+    np.testing.assert_array_equal(st.voxels, ref["voxel_counts"][1:])
+    np.testing.assert_allclose(st.volume_ml, ref["voxel_counts"][1:] * 12 / 1000)
+    np.testing.assert_allclose(st.centroid_mm, ref["centroids"][1:] * [2, 2, 3])
+    boxes = ref["bounding_boxes"][1:]
+    for axis in range(3):
+        np.testing.assert_array_equal(st.bbox[:, 2 * axis], [b[axis].start for b in boxes])
+        np.testing.assert_array_equal(st.bbox[:, 2 * axis + 1], [b[axis].stop - 1 for b in boxes])
+    np.testing.assert_allclose(st["max"], ndi.maximum(image, labels, idx))
+    np.testing.assert_allclose(st["mean"], ndi.mean(image, labels, idx), rtol=1e-6)
+    np.testing.assert_allclose(st["sum"], ndi.sum(image, labels, idx), rtol=1e-6)
+    petfast.set_num_threads(1)
+    try:
+        single = petfast.component_stats(labels, image, spacing=(2.0, 2.0, 3.0))
+    finally:
+        petfast.set_num_threads(2)
+    np.testing.assert_array_equal(single.bbox, st.bbox)
+    np.testing.assert_allclose(single["sum"], st["sum"])
+
+
+def test_remove_small_matches_cc3d_dust(rng):
+    mask = (rng.random((30, 31, 32)) < 0.25).astype(np.uint8)
+    for threshold in (1, 3, 10):
+        np.testing.assert_array_equal(petfast.remove_small(mask, min_voxels=threshold, connectivity=26),
+                                      cc3d.dust(mask, threshold=threshold, connectivity=26))
+    # min_ml with the spacing: 8 voxels of 2x2x2 mm are 0.064 ml.
+    assert np.array_equal(petfast.remove_small(mask, min_ml=0.064, spacing=(2, 2, 2)),
+                          cc3d.dust(mask, threshold=8, connectivity=26))
+    organs = np.zeros((10, 10, 10), np.int16)
+    organs[1:4, 1:4, 1:4] = 7
+    organs[8, 8, 8] = 3
+    kept = petfast.remove_small(organs, min_voxels=2)
+    assert kept.dtype == np.int16 and kept[2, 2, 2] == 7 and kept[8, 8, 8] == 0
+
+
+def test_hand_computed_metrics():
+    gt = np.zeros((20, 20, 20), np.uint8)
+    pred = np.zeros_like(gt)
+    gt[2:5, 2:5, 2:5] = 1      # lesion A, 27 voxels, found
+    gt[10:12, 10:12, 10:12] = 1  # lesion B, 8 voxels, missed
+    pred[3:6, 3:6, 3:6] = 1    # overlaps A on 2x2x2 = 8 voxels
+    pred[15, 15, 15] = 1       # a false positive voxel
+    pred[17, 17, 17] = pred[18, 18, 17] = 1  # two voxels touching along an edge: one 18-connected component
+    m = metrics.autopet(gt, pred, voxel_ml=0.5)
+    assert m["dice"] == pytest.approx(2 * 8 / (35 + 30))
+    assert m["fp_volume_ml"] == pytest.approx(3 * 0.5)
+    assert m["fn_volume_ml"] == pytest.approx(8 * 0.5)
+    assert (m["tp_lesions"], m["fn_lesions"], m["fp_lesions"]) == (1, 1, 2)
+    assert (m["gt_lesions"], m["pred_lesions"]) == (2, 3)
+
+
+def test_corner_contact_is_two_lesions_at_18_connectivity():
+    gt = np.zeros((5, 5, 5), np.uint8)
+    gt[1, 1, 1] = gt[2, 2, 2] = 1
+    assert metrics.autopet(gt, gt, 1.0)["gt_lesions"] == 2
+
+
+def test_empty_ground_truth_conventions():
+    gt = np.zeros((8, 8, 8), np.uint8)
+    pred = gt.copy()
+    pred[2:4, 2:4, 2:4] = 1
+    m = metrics.autopet(gt, pred, 0.1)
+    assert math.isnan(m["dice"]) and math.isnan(m["fn_volume_ml"]) and m["fp_volume_ml"] == pytest.approx(0.8)
+    m = metrics.autopet(gt, gt, 0.1)
+    assert math.isnan(m["dice"]) and m["fp_volume_ml"] == 0
+    full = metrics.autopet(pred, gt, 0.1)  # lesions, empty prediction
+    assert full["dice"] == 0 and full["fn_volume_ml"] == pytest.approx(0.8) and full["fp_volume_ml"] == 0
+
+
+def test_matches_independent_implementation_on_synthetic_cases(rng):
+    for _ in range(6):
+        gt, pred = blobs(rng), blobs(rng)
+        pred |= gt * (rng.random(gt.shape) < 0.5).astype(np.uint8)
+        ours = metrics.autopet(gt, pred, 0.0123)
+        ref = official_autopet(gt, pred, 0.0123)
+        np.testing.assert_allclose([ours["dice"], ours["fp_volume_ml"], ours["fn_volume_ml"]], ref)
+
+
+def test_metrics_on_a_phantom_study():
+    st = phantom.make_study("psma", seed=4, scale=0.25, diagnosis="PROSTATE_CANCER")
+    pred = petfast.remove_small((st.pet > 4).astype(np.uint8), min_voxels=2)
+    voxel_ml = float(np.prod(np.abs(np.diag(st.pet_affine)[:3]))) / 1000
+    ours = metrics.autopet(st.label, pred, voxel_ml)
+    np.testing.assert_allclose([ours["dice"], ours["fp_volume_ml"], ours["fn_volume_ml"]],
+                               official_autopet(st.label, pred, voxel_ml))
+
+
+def test_torch_inputs(rng):
+    torch = pytest.importorskip("torch")
+    gt, pred = blobs(rng), blobs(rng)
+    a = metrics.autopet(torch.from_numpy(gt), torch.from_numpy(pred), 0.2)
+    b = metrics.autopet(gt, pred, 0.2)
+    assert a == pytest.approx(b, nan_ok=True)
+
+
+def test_metric_errors():
+    with pytest.raises(ValueError, match="shape"):
+        metrics.autopet(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), 1.0)
+    with pytest.raises(ValueError, match="voxel_ml"):
+        metrics.autopet(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), 0)
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.autopet(np.full((3, 3, 3), np.nan), np.zeros((3, 3, 3)), 1.0)
+    with pytest.raises(ValueError, match="spacing"):
+        petfast.component_stats(np.zeros((3, 3, 3), np.int32), spacing=(1, 0, 1))
+    with pytest.raises(TypeError, match="int32"):
+        petfast.component_stats(np.zeros((3, 3, 3), np.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        quant.lesions(np.full((3, 3, 3), np.nan), np.ones((3, 3, 3)), (1, 1, 1))
+    with pytest.raises(ValueError, match="spacing"):
+        quant.lesions(np.zeros((3, 3, 3)), np.ones((3, 3, 3)), (1, -1, 1))
+    with pytest.raises(ValueError, match="exactly one"):
+        petfast.remove_small(np.zeros((3, 3, 3), np.uint8))
+
+
+def test_quantification_hand_computed():
+    pet = np.zeros((30, 30, 30), np.float32)
+    mask = np.zeros_like(pet, dtype=np.uint8)
+    mask[5:7, 5:7, 5:7] = 1           # lesion 1: 8 voxels of SUV 4, one hot voxel of 10
+    pet[5:7, 5:7, 5:7] = 4
+    pet[6, 6, 6] = 10
+    mask[20:23, 20:23, 20] = 1        # lesion 2: 9 voxels of SUV 2
+    pet[20:23, 20:23, 20] = 2
+    q = quant.lesions(pet, mask, spacing=(2.0, 2.0, 2.0))
+    l1, l2 = q["lesions"]
+    assert l1["volume_ml"] == pytest.approx(8 * 8 / 1000) and l1["suv_max"] == 10
+    assert l1["suv_mean"] == pytest.approx((7 * 4 + 10) / 8) and l1["tlg"] == pytest.approx(l1["suv_mean"] * 0.064)
+    assert l1["hottest_voxel"] == [6, 6, 6]
+    # SUVpeak: the voxels within 6.2 mm of (6,6,6) at 2 mm spacing (offsets with |d|^2 <= 9.6 voxels^2).
+    d = np.indices((30, 30, 30)) - np.array([6, 6, 6])[:, None, None, None]
+    sphere = (d**2).sum(0) * 4.0 <= quant.PEAK_RADIUS_MM**2
+    assert l1["suv_peak"] == pytest.approx(pet[sphere].mean())
+    assert l2["suv_max"] == 2 and l2["suv_mean"] == pytest.approx(2)
+    s = q["study"]
+    assert s["lesion_count"] == 2 and s["mtv_ml"] == pytest.approx(17 * 8 / 1000)
+    assert s["tlg"] == pytest.approx(l1["tlg"] + l2["tlg"]) and s["suv_max"] == 10
+    c1, c2 = np.array(l1["centroid_mm"]), np.array(l2["centroid_mm"])
+    assert s["dmax_mm"] == pytest.approx(np.linalg.norm(c1 - c2))
+    empty = quant.lesions(pet, np.zeros_like(mask), (2, 2, 2))["study"]
+    assert empty["lesion_count"] == 0 and empty["mtv_ml"] == 0 and math.isnan(empty["suv_max"])
+
+
+def test_evaluate_cli(tmp_path, capsys):
+    from petfast import data
+
+    ds = data.write_phantom_dataset(tmp_path / "ds", cases=6, scale=0.2, seed=3)
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    rows = {}
+    for p in sorted((ds / "labelsTr").iterdir()):
+        img = io.load(p)
+        pred = np.asarray(img.data).copy()
+        pred[:2] = 1  # a false positive slab on every case
+        io.save(pred_dir / p.name, pred, img.affine)
+        rows[p.name[:-7]] = official_autopet(np.asarray(img.data), pred, float(np.prod(img.spacing)) / 1000)
+    out = tmp_path / "results.json"
+    assert main(["evaluate", "--gt", str(ds / "labelsTr"), "--pred", str(pred_dir), "--pet", str(ds / "imagesTr"),
+                 "--out", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert len(res["cases"]) == 6
+    for r in res["cases"]:
+        np.testing.assert_allclose([r["dice"], r["fp_volume_ml"], r["fn_volume_ml"]], rows[r["case"]], rtol=1e-6)
+        assert r["pred_mtv_ml"] >= r["gt_mtv_ml"]
+    dices = [v[0] for v in rows.values() if not math.isnan(v[0])]
+    assert res["aggregate"]["dice_mean"] == pytest.approx(np.mean(dices))
+    assert res["aggregate"]["dice_n"] == len(dices)
+    assert res["aggregate"]["fp_volume_ml_n"] == 6
+    csv_out = tmp_path / "results.csv"
+    assert main(["evaluate", "--gt", str(ds / "labelsTr"), "--pred", str(pred_dir), "--out", str(csv_out), "--quiet"]) == 0
+    lines = csv_out.read_text().splitlines()
+    assert len(lines) == 1 + 6 + 2 and lines[-2].startswith("MEAN") and lines[-1].startswith("MEDIAN")
+    assert main(["evaluate", "--gt", str(ds / "labelsTr"), "--pred", str(pred_dir), "--out", str(csv_out), "--quiet"]) == 1
+    assert "overwrite" in capsys.readouterr().err
+    # A missing prediction is an error that names the case, and nothing is written.
+    next(pred_dir.iterdir()).unlink()
+    bad_out = tmp_path / "bad.csv"
+    assert main(["evaluate", "--gt", str(ds / "labelsTr"), "--pred", str(pred_dir), "--out", str(bad_out), "--quiet"]) == 1
+    assert "no prediction" in capsys.readouterr().err and not bad_out.exists()
+
+
+@pytest.mark.cuda
+def test_cuda_stats_match_cpu(rng):
+    torch = pytest.importorskip("torch")
+    mask = (rng.random((40, 33, 27)) < 0.3).astype(np.uint8)
+    image = rng.normal(size=mask.shape).astype(np.float32)
+    labels, _ = petfast.label(mask, 26)
+    cpu = petfast.component_stats(labels, image, (2, 2, 3))
+    gpu = petfast.component_stats(torch.from_numpy(labels).cuda(), torch.from_numpy(image).cuda(), (2, 2, 3))
+    for key in cpu:
+        np.testing.assert_allclose(gpu[key], cpu[key], rtol=1e-9)
+    m_cpu = metrics.autopet(mask, np.roll(mask, 1, 0), 0.1)
+    m_gpu = metrics.autopet(torch.from_numpy(mask).cuda(), torch.from_numpy(np.roll(mask, 1, 0)).cuda(), 0.1)
+    assert m_gpu == pytest.approx(m_cpu, nan_ok=True)
