@@ -1,0 +1,132 @@
+"""Connected components and autoPET metrics: petfast against cc3d (CPU) and cupyx (GPU).
+
+Masks: a real autoPET organ label map (../shared/data, else a synthetic tissue map on the same grid),
+its binary union, and dense 50 % noise; 400x400x326 with --full, half of that per axis otherwise.
+"""
+import numpy as np
+import pytest
+
+import petfast
+from petfast import metrics, phantom
+
+cc3d = pytest.importorskip("cc3d")
+
+
+def _organ_map(full):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from _testdata import organ_maps
+
+    paths = [p for p in organ_maps() if p.name.startswith("fdg")]
+    if paths:
+        from petfast import io
+
+        organs = np.ascontiguousarray(io.load(paths[0]).data)
+    else:
+        organs = phantom.make_study("fdg", seed=0).tissue  # same Biograph mCT grid
+    return organs if full else np.ascontiguousarray(organs[::2, ::2, ::2])
+
+
+@pytest.fixture(scope="module")
+def masks(full):
+    organs = _organ_map(full)
+    rng = np.random.default_rng(0)
+    return {"organs": organs, "organs-binary": (organs > 0).astype(np.uint8),
+            "noise50": (rng.random(organs.shape) < 0.5).astype(np.uint8)}
+
+
+CASES = ["organs", "organs-binary", "noise50"]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_petfast_label(benchmark, record, masks, case, threads):
+    before = petfast.get_num_threads()
+    petfast.set_num_threads(threads)
+    try:
+        benchmark.group = f"label26-cpu-{case}"
+        benchmark(petfast.label, masks[case], 26)
+        record(benchmark.group, f"petfast {threads} thread{'s' if threads > 1 else ''}")
+    finally:
+        petfast.set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cpu_cc3d_label(benchmark, record, masks, case):
+    benchmark.group = f"label26-cpu-{case}"
+    benchmark(cc3d.connected_components, masks[case], connectivity=26)
+    record(benchmark.group, "cc3d (1 thread)")
+
+
+def _metrics_case(masks):
+    gt = (masks["organs"] == masks["organs"].max()).astype(np.uint8)
+    # A shifted copy (true positives, some false negative volume) plus about 100 small false positives.
+    pred = np.roll(gt, 2, axis=0) | (np.random.default_rng(1).random(gt.shape) < 100 / gt.size).astype(np.uint8)
+    return gt, pred
+
+
+def test_cpu_petfast_metrics(benchmark, record, masks):
+    gt, pred = _metrics_case(masks)
+    benchmark.group = "autopet-metrics-cpu"
+    benchmark(metrics.autopet, gt, pred, 0.0124)
+    record(benchmark.group, "petfast")
+
+
+def test_cpu_cc3d_metrics(benchmark, record, masks):
+    """The fast formulation with cc3d (label + bincount), not the official per-component loop."""
+    gt, pred = _metrics_case(masks)
+
+    def run():
+        out = []
+        for a, b in ((pred, gt), (gt, pred)):
+            cc = cc3d.connected_components(a, connectivity=18)
+            sizes = np.bincount(cc.ravel())
+            hit = np.bincount(cc[b > 0], minlength=sizes.size)
+            out.append(sizes[1:][hit[1:] == 0].sum() * 0.0124)
+        return 2 * (gt & pred).sum() / (gt.sum() + pred.sum()), out
+
+    benchmark.group = "autopet-metrics-cpu"
+    benchmark(run)
+    record(benchmark.group, "cc3d + bincount")
+
+
+cuda = pytest.mark.skipif(not petfast.cuda_available(), reason="needs the CUDA kernels and a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("case", CASES)
+def test_gpu_petfast_label(benchmark, record, masks, case):
+    import torch
+
+    x = torch.from_numpy(masks[case]).cuda()
+
+    def run():
+        out = petfast.label(x, 26)  # returns the count, which synchronises
+        return out
+
+    run()
+    benchmark.group = f"label26-gpu-{case}"
+    benchmark(run)
+    record(benchmark.group, "petfast")
+
+
+@cuda
+@pytest.mark.parametrize("case", CASES)
+def test_gpu_cupyx_label(benchmark, record, masks, case):
+    cp = pytest.importorskip("cupy")
+    import cupyx.scipy.ndimage as cnd
+
+    x = cp.asarray(masks[case])
+    structure = cp.ones((3, 3, 3), bool)
+
+    def run():
+        out = cnd.label(x, structure)
+        cp.cuda.Device().synchronize()
+        return out
+
+    run()
+    benchmark.group = f"label26-gpu-{case}"
+    benchmark(run)
+    record(benchmark.group, "cupyx.scipy.ndimage.label")
