@@ -97,7 +97,9 @@ inline int64_t skip_background(const T* row, int64_t c, int64_t nc) {
   return c;
 }
 
-template <typename T>
+// NN (3, 9 or 13 backward neighbours) is a compile-time constant so that the neighbour loop unrolls
+// with its offsets in registers.
+template <typename T, int NN>
 int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, const int* order) {
   // View both volumes in walk order (a: outer, b: middle, c: inner).
   const int64_t na = src.shape[order[0]], nb = src.shape[order[1]], nc = src.shape[order[2]];
@@ -105,10 +107,14 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
   const T* in = static_cast<const T*>(src.data);
   int32_t* out = static_cast<int32_t*>(dst.data);  // contiguous in walk order (checked by the caller)
   const Neighbourhood hood = backward_neighbours(connectivity);
-  const int nn = int(hood.offsets.size());
-  std::vector<int64_t> in_step(nn), out_step(nn);
-  for (int q = 0; q < nn; ++q) {
+  require(int(hood.offsets.size()) == NN, "internal: neighbourhood size");
+  int64_t in_step[NN], out_step[NN];
+  uint32_t covers[NN];
+  Offset offs[NN];
+  for (int q = 0; q < NN; ++q) {
     const Offset& d = hood.offsets[q];
+    offs[q] = d;
+    covers[q] = hood.covers[q];
     in_step[q] = d.da * sa + d.db * sb + d.dc * sc;
     out_step[q] = (d.da * nb + d.db) * nc + d.dc;
   }
@@ -122,22 +128,35 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
   // uniting the labels of the neighbours that match. `inside` skips the bounds checks.
   auto join = [&](std::vector<int32_t>& parent, int64_t a, int64_t b, int64_t c, const T* p, int32_t* o, T val,
                   int64_t a_min, bool inside) {
-    int32_t mine = 0;
+    int32_t mine = 0, mine_root = 0;
     uint32_t covered = 0;
-    for (int q = 0; q < nn; ++q) {
+#pragma GCC unroll 13
+    for (int q = 0; q < NN; ++q) {
       if (covered >> q & 1u) continue;
       if (!inside) {
-        const Offset& d = hood.offsets[q];
+        const Offset& d = offs[q];
         const int64_t a2 = a + d.da, b2 = b + d.db, c2 = c + d.dc;
         if (a2 < a_min || b2 < 0 || b2 >= nb || c2 < 0 || c2 >= nc) continue;
       }
       if (p[in_step[q]] != val) continue;
-      covered |= hood.covers[q];
+      covered |= covers[q];
       const int32_t theirs = o[out_step[q]];
-      if (mine == 0) mine = theirs;
-      else if (theirs != mine) unite(parent, mine, theirs);
+      if (mine == 0) {
+        mine = theirs;
+        continue;
+      }
+      if (theirs == mine) continue;
+      // A second label: join the two trees, keeping the root found so far for the next ones.
+      if (mine_root == 0) mine_root = find_root(parent, mine);
+      const int32_t their_root = find_root(parent, theirs);
+      if (their_root < mine_root) {
+        parent[mine_root] = their_root;
+        mine_root = their_root;
+      } else if (mine_root < their_root) {
+        parent[their_root] = mine_root;
+      }
     }
-    return mine;
+    return mine_root != 0 ? mine_root : mine;
   };
 
   // 1. Provisional labels, slab by slab in parallel (labels 1.. local to each slab). The output
@@ -201,12 +220,13 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
   }
   parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int32_t* f = final_label.data() + offset[t];
+      // This slab's table, with 0 -> 0 so that the loop has no branch (noise would mispredict it).
+      std::vector<int32_t> f(final_label.begin() + offset[t], final_label.begin() + offset[t + 1] + 1);
+      f[0] = 0;
       for (int64_t r = slab[t] * nb; r < slab[t + 1] * nb; ++r) {
         if (!row_has_fg[r]) continue;
         int32_t* orow = out + r * nc;
-        for (int64_t c = 0; c < nc; ++c)
-          if (orow[c] != 0) orow[c] = f[orow[c]];
+        for (int64_t c = 0; c < nc; ++c) orow[c] = f[orow[c]];
       }
     }
   });
@@ -249,7 +269,9 @@ int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const 
   int64_t count = 0;
   dispatch_dtype(src.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    count = label_typed<T>(src, dst, connectivity, order);
+    count = connectivity == 6    ? label_typed<T, 3>(src, dst, connectivity, order)
+            : connectivity == 18 ? label_typed<T, 9>(src, dst, connectivity, order)
+                                 : label_typed<T, 13>(src, dst, connectivity, order);
   });
   return count;
 }
