@@ -15,10 +15,13 @@ void accumulate(const Volume& labels, const Volume* image, int64_t count, double
                 int64_t a1) {
   const int32_t* lab = static_cast<const int32_t*>(labels.data);
   const T* img = image ? static_cast<const T*>(image->data) : nullptr;
+  const bool contiguous_rows = labels.strides[2] == 1;
   for (int64_t i = a0; i < a1; ++i)
     for (int64_t j = 0; j < labels.shape[1]; ++j)
       for (int64_t k = 0; k < labels.shape[2]; ++k) {
-        const int32_t l = lab[i * labels.strides[0] + j * labels.strides[1] + k * labels.strides[2]];
+        const int32_t* row = lab + i * labels.strides[0] + j * labels.strides[1];
+        if (contiguous_rows && (k = first_nonzero(row, k, labels.shape[2])) >= labels.shape[2]) break;
+        const int32_t l = row[k * labels.strides[2]];
         if (l <= 0 || l > count) continue;
         double* a = acc + l * kStatsColumns;
         a[0] += 1.0;

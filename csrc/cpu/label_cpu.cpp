@@ -85,18 +85,6 @@ Neighbourhood backward_neighbours(int connectivity) {
   return nb;
 }
 
-// First index >= c of a nonzero value in a contiguous row (nc if none), 16 values at a time.
-template <typename T>
-inline int64_t skip_background(const T* row, int64_t c, int64_t nc) {
-  for (; c + 16 <= nc; c += 16) {
-    bool any = false;
-    for (int k = 0; k < 16; ++k) any |= row[c + k] != T(0);
-    if (any) break;
-  }
-  while (c < nc && row[c] == T(0)) ++c;
-  return c;
-}
-
 // NN (3, 9 or 13 backward neighbours) is a compile-time constant so that the neighbour loop unrolls
 // with its offsets in registers.
 template <typename T, int NN>
@@ -172,7 +160,7 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
           int32_t* orow = out + (a * nb + b) * nc;
           const bool inner_row = a > slab[t] && b > 0 && b < nb - 1;
           for (int64_t c = 0; c < nc; ++c) {
-            if (sc == 1) c = skip_background(row, c, nc);
+            if (sc == 1) c = first_nonzero(row, c, nc);
             if (c >= nc) break;
             const T val = row[c * sc];
             if (val == T(0)) continue;

@@ -58,6 +58,19 @@ inline void dispatch_dtype(DType t, F&& f) {
   throw std::invalid_argument("unsupported dtype code " + std::to_string(static_cast<int>(t)));
 }
 
+// First index >= c of a nonzero value in a contiguous row of n values (n if none), testing 16
+// values at a time so that long runs of background cost little.
+template <typename T>
+inline int64_t first_nonzero(const T* row, int64_t c, int64_t n) {
+  for (; c + 16 <= n; c += 16) {
+    bool any = false;
+    for (int k = 0; k < 16; ++k) any |= row[c + k] != T(0);
+    if (any) break;
+  }
+  while (c < n && row[c] == T(0)) ++c;
+  return c;
+}
+
 inline void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
 }

@@ -101,6 +101,11 @@ def component_stats(labels, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentSta
     same shape on the same device (e.g. PET in SUV). spacing: voxel size in mm along (i, j, k).
     Returns a :class:`ComponentStats` of numpy arrays (small, one row per component).
     """
+    return _stats(labels, None, image, spacing)
+
+
+def _stats(labels, count, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats:
+    """component_stats with the label count known (as label() returns it), saving a pass."""
     lab = _labels(labels)
     sp = _spacing(spacing)
     img = None
@@ -112,7 +117,7 @@ def component_stats(labels, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentSta
             raise ValueError("image and labels live on different devices")
         if img.dtype.kind == "f" and _any_nan(img):
             raise ValueError("image contains NaN values")
-    count = _max_label(lab)
+    count = _max_label(lab) if count is None else int(count)
     acc = _arrays.empty(lab, (count + 1, 6, 1), np.float64, axis_order=(0, 1, 2), zeroed=True)
     box = _arrays.empty(lab, (count + 1, 6, 1), np.int32, axis_order=(0, 1, 2))
     acc.obj[:, 5] = -np.inf
@@ -159,7 +164,7 @@ def remove_small(mask, min_voxels: int | None = None, min_ml: float | None = Non
     if min_voxels < 0:
         raise ValueError(f"the size threshold must be non-negative, got {min_voxels}")
     labels, count = label(mask, connectivity)
-    voxels = component_stats(labels)["voxels"]
+    voxels = _stats(labels, count)["voxels"]
     keep = np.concatenate([[False], voxels >= min_voxels])
     if _arrays._is_torch(labels):
         import torch

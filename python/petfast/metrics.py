@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .components import component_stats, label
+from .components import _stats, label
 
 CONNECTIVITY = 18
 
@@ -48,7 +48,7 @@ def _binary(x, name):
 def _components_touching(mask, other):
     """Voxel counts of the 18-connected components of `mask`, and how many voxels of each lie in `other`."""
     labels, count = label(mask, CONNECTIVITY)
-    st = component_stats(labels, other)
+    st = _stats(labels, count, other)
     return st.voxels.astype(np.float64), st["sum"]
 
 

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .components import component_stats, label
+from .components import _stats, label
 
 PEAK_RADIUS_MM = (3.0 * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)  # a 1 ml sphere
 
@@ -50,7 +50,7 @@ def lesions(pet_suv, mask, spacing) -> dict:
     if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {spacing!r}")
     labels, count = label(m != 0, 18)
-    st = component_stats(labels, pet, sp)
+    st = _stats(labels, count, pet, sp)
     rows = []
     for n in range(count):
         b = st.bbox[n]
