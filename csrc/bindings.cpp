@@ -20,6 +20,10 @@ void convolve_axis(const Volume& src, const Volume& dst, int axis, const std::ve
 int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream);
 void component_stats(const Volume& labels, const Volume* image, int64_t count, const Volume& acc, const Volume& box,
                      uintptr_t stream);
+void gather_tiles(const NdView& src, const NdView& dst, const TileOrigins& o, double pad, uintptr_t stream);
+void accumulate_tiles(const NdView& tiles, const NdView& weight_map, const TileOrigins& o, const NdView& acc,
+                      const NdView& weight, uintptr_t stream);
+void finalize_tiles(const NdView& acc, const NdView& labels, uintptr_t stream);
 
 namespace {
 std::atomic<int> g_threads{int(std::max(1u, std::thread::hardware_concurrency()))};
@@ -48,6 +52,36 @@ Volume to_volume(const py::tuple& t) {
   }
   v.device = t[4].cast<int>();
   return v;
+}
+
+NdView to_ndview(const py::tuple& t) {
+  require(t.size() == 5, "internal: an array is (pointer, dtype, shape, strides, device)");
+  NdView v;
+  v.data = reinterpret_cast<void*>(t[0].cast<uintptr_t>());
+  const int code = t[1].cast<int>();
+  require(code >= 0 && code <= 4, "internal: unknown dtype code");
+  v.dtype = static_cast<DType>(code);
+  auto shape = t[2].cast<std::vector<int64_t>>();
+  auto strides = t[3].cast<std::vector<int64_t>>();
+  require(shape.size() == strides.size() && shape.size() <= 5, "internal: at most 5 dimensions");
+  v.ndim = int(shape.size());
+  for (int a = 0; a < v.ndim; ++a) {
+    v.shape[a] = shape[a];
+    v.strides[a] = strides[a];
+  }
+  v.device = t[4].cast<int>();
+  return v;
+}
+
+TileOrigins to_origins(const std::vector<std::vector<int64_t>>& origins) {
+  require(origins.size() <= size_t(kMaxTiles), "internal: at most 128 tiles per call");
+  TileOrigins o;
+  o.count = int(origins.size());
+  for (size_t b = 0; b < origins.size(); ++b) {
+    require(origins[b].size() == 3, "internal: an origin has 3 coordinates");
+    for (int a = 0; a < 3; ++a) o.at[b][a] = origins[b][a];
+  }
+  return o;
 }
 
 IndexMap to_map(const std::vector<double>& m) {
@@ -119,6 +153,33 @@ PYBIND11_MODULE(_C, m) {
         component_stats(l, has_image ? &i : nullptr, count, a, b, stream);
       },
       py::arg("labels"), py::arg("image"), py::arg("count"), py::arg("acc"), py::arg("box"), py::arg("stream"));
+  m.def(
+      "gather_tiles",
+      [](py::tuple src, py::tuple dst, std::vector<std::vector<int64_t>> origins, double pad, uintptr_t stream) {
+        NdView s = to_ndview(src), d = to_ndview(dst);
+        TileOrigins o = to_origins(origins);
+        py::gil_scoped_release release;
+        gather_tiles(s, d, o, pad, stream);
+      },
+      py::arg("src"), py::arg("dst"), py::arg("origins"), py::arg("pad"), py::arg("stream"));
+  m.def(
+      "accumulate_tiles",
+      [](py::tuple tiles, py::tuple weight_map, std::vector<std::vector<int64_t>> origins, py::tuple acc,
+         py::tuple weight, uintptr_t stream) {
+        NdView t = to_ndview(tiles), g = to_ndview(weight_map), a = to_ndview(acc), w = to_ndview(weight);
+        TileOrigins o = to_origins(origins);
+        py::gil_scoped_release release;
+        accumulate_tiles(t, g, o, a, w, stream);
+      },
+      py::arg("tiles"), py::arg("weight_map"), py::arg("origins"), py::arg("acc"), py::arg("weight"), py::arg("stream"));
+  m.def(
+      "finalize_tiles",
+      [](py::tuple acc, py::tuple labels, uintptr_t stream) {
+        NdView a = to_ndview(acc), l = to_ndview(labels);
+        py::gil_scoped_release release;
+        finalize_tiles(a, l, stream);
+      },
+      py::arg("acc"), py::arg("labels"), py::arg("stream"));
   m.def(
       "convolve_axis",
       [](py::tuple src, py::tuple dst, int axis, std::vector<float> taps, uintptr_t stream) {

@@ -40,6 +40,31 @@ struct Volume {
   }
 };
 
+// A strided N-D view (N <= 5) for ops over stacks of volumes: channels (C, D, H, W) and batches of
+// tiles (B, C, d, h, w). Same conventions as Volume.
+struct NdView {
+  void* data = nullptr;
+  DType dtype = DType::Float32;
+  int ndim = 0;
+  int64_t shape[5] = {1, 1, 1, 1, 1};
+  int64_t strides[5] = {0, 0, 0, 0, 0};  // in elements
+  int device = -1;
+
+  PF_HOST_DEVICE int64_t size() const {
+    int64_t n = 1;
+    for (int a = 0; a < ndim; ++a) n *= shape[a];
+    return n;
+  }
+  bool on_cuda() const { return device >= 0; }
+};
+
+// Tile origins (voxel index of each tile's first voxel along D, H, W), passed by value to kernels.
+constexpr int kMaxTiles = 128;
+struct TileOrigins {
+  int count = 0;
+  int64_t at[kMaxTiles][3];
+};
+
 // Row-major 3x4 matrix mapping a destination index (i, j, k) to a continuous source index.
 struct IndexMap {
   double m[3][4];

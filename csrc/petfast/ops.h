@@ -36,7 +36,21 @@ int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const 
 constexpr int kStatsColumns = 6;
 void component_stats_cpu(const Volume& labels, const Volume* image, int64_t count, double* acc, int32_t* box);
 
+// Sliding-window tiles. gather: dst (B, C, d, h, w) = src (C, D, H, W) at each origin, `pad` outside
+// the image; dst is float32 or src's dtype. accumulate: acc (C, D, H, W) += tile x weight_map and
+// weight (D, H, W) += weight_map for each tile (float32; tiles must lie inside). finalize: labels
+// (D, H, W) uint8 = argmax over C of acc (C == 1: acc > 0, i.e. sigmoid > 0.5); the division by the
+// weight cannot change either, so it is skipped.
+void gather_tiles_cpu(const NdView& src, const NdView& dst, const TileOrigins& origins, double pad);
+void accumulate_tiles_cpu(const NdView& tiles, const NdView& weight_map, const TileOrigins& origins, const NdView& acc,
+                          const NdView& weight);
+void finalize_tiles_cpu(const NdView& acc, const NdView& labels);
+
 #ifdef PETFAST_WITH_CUDA
+void gather_tiles_cuda(const NdView& src, const NdView& dst, const TileOrigins& origins, double pad, uintptr_t stream);
+void accumulate_tiles_cuda(const NdView& tiles, const NdView& weight_map, const TileOrigins& origins, const NdView& acc,
+                           const NdView& weight, uintptr_t stream);
+void finalize_tiles_cuda(const NdView& acc, const NdView& labels, uintptr_t stream);
 void component_stats_cuda(const Volume& labels, const Volume* image, int64_t count, double* acc, int32_t* box,
                           uintptr_t stream);
 // Labels C-contiguous; scratch: int32 of at least ceil(size / 1024) + 1 entries.

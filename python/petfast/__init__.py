@@ -9,7 +9,7 @@ import os as _os
 from . import _C
 from .components import component_stats, label, remove_small
 from .resample import resample, resample_ct_to_pet
-from . import metrics, quant  # noqa: E402  (submodules of the public API)
+from . import metrics, patches, quant  # noqa: E402  (submodules of the public API)
 
 __version__ = "0.1.0"
 

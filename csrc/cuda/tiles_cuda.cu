@@ -1,0 +1,104 @@
+// CUDA twins of cpu/tiles_cpu.cpp. Tiles in one launch may overlap, so accumulation uses atomicAdd
+// (float sums may then differ from the CPU's sequential order by rounding).
+#include <type_traits>
+
+#include "cuda/common.cuh"
+#include "petfast/ops.h"
+
+namespace petfast {
+namespace {
+
+unsigned int blocks_for(int64_t n, int threads) { return grid_dim((n + threads - 1) / threads, 1 << 20); }
+
+template <typename Tin, typename Tout>
+__global__ void gather_kernel(const Tin* __restrict__ in, NdView src, Tout* __restrict__ out, NdView dst, TileOrigins o,
+                              Tout fill) {
+  const int64_t C = src.shape[0], d = dst.shape[2], h = dst.shape[3], w = dst.shape[4];
+  const int64_t n = o.count * C * d * h * w;
+  for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < n; p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t x = p % w, y = (p / w) % h, z = (p / (w * h)) % d, c = (p / (w * h * d)) % C, b = p / (w * h * d * C);
+    const int64_t Z = o.at[b][0] + z, Y = o.at[b][1] + y, X = o.at[b][2] + x;
+    const bool inside = Z >= 0 && Z < src.shape[1] && Y >= 0 && Y < src.shape[2] && X >= 0 && X < src.shape[3];
+    out[b * dst.strides[0] + c * dst.strides[1] + z * dst.strides[2] + y * dst.strides[3] + x * dst.strides[4]] =
+        inside ? static_cast<Tout>(in[c * src.strides[0] + Z * src.strides[1] + Y * src.strides[2] + X * src.strides[3]])
+               : fill;
+  }
+}
+
+__global__ void accumulate_kernel(const float* __restrict__ t, NdView tiles, const float* __restrict__ g, NdView gmap,
+                                  TileOrigins o, float* a, NdView acc, float* wsum, NdView weight) {
+  const int64_t C = tiles.shape[1], d = tiles.shape[2], h = tiles.shape[3], w = tiles.shape[4];
+  const int64_t n = o.count * d * h * w;
+  for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < n; p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t x = p % w, y = (p / w) % h, z = (p / (w * h)) % d, b = p / (w * h * d);
+    const int64_t Z = o.at[b][0] + z, Y = o.at[b][1] + y, X = o.at[b][2] + x;
+    const float gv = g[z * gmap.strides[0] + y * gmap.strides[1] + x * gmap.strides[2]];
+    atomicAdd(wsum + Z * weight.strides[0] + Y * weight.strides[1] + X * weight.strides[2], gv);
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = t[b * tiles.strides[0] + c * tiles.strides[1] + z * tiles.strides[2] + y * tiles.strides[3] +
+                        x * tiles.strides[4]];
+      atomicAdd(a + c * acc.strides[0] + Z * acc.strides[1] + Y * acc.strides[2] + X * acc.strides[3], v * gv);
+    }
+  }
+}
+
+__global__ void finalize_kernel(const float* __restrict__ a, NdView acc, uint8_t* l, NdView labels) {
+  const int64_t C = acc.shape[0], H = acc.shape[2], W = acc.shape[3], n = acc.shape[1] * H * W;
+  for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < n; p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t x = p % W, y = (p / W) % H, z = p / (W * H);
+    const float* v = a + z * acc.strides[1] + y * acc.strides[2] + x * acc.strides[3];
+    uint8_t best = 0;
+    if (C == 1) {
+      best = v[0] > 0.f;
+    } else {
+      float best_v = v[0];
+      for (int64_t c = 1; c < C; ++c) {
+        const float vc = v[c * acc.strides[0]];
+        if (vc > best_v) {
+          best_v = vc;
+          best = uint8_t(c);
+        }
+      }
+    }
+    l[z * labels.strides[0] + y * labels.strides[1] + x * labels.strides[2]] = best;
+  }
+}
+
+}  // namespace
+
+void gather_tiles_cuda(const NdView& src, const NdView& dst, const TileOrigins& origins, double pad, uintptr_t s) {
+  DeviceGuard guard(src.device);
+  auto stream = reinterpret_cast<cudaStream_t>(s);
+  dispatch_dtype(src.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    if (dst.dtype == src.dtype) {
+      gather_kernel<T, T><<<blocks_for(dst.size(), 256), 256, 0, stream>>>(
+          static_cast<const T*>(src.data), src, static_cast<T*>(dst.data), dst, origins, static_cast<T>(pad));
+    } else {
+      gather_kernel<T, float><<<blocks_for(dst.size(), 256), 256, 0, stream>>>(
+          static_cast<const T*>(src.data), src, static_cast<float*>(dst.data), dst, origins, float(pad));
+    }
+  });
+  cuda_check(cudaGetLastError(), "gather tiles launch");
+}
+
+void accumulate_tiles_cuda(const NdView& tiles, const NdView& weight_map, const TileOrigins& origins, const NdView& acc,
+                           const NdView& weight, uintptr_t s) {
+  DeviceGuard guard(tiles.device);
+  auto stream = reinterpret_cast<cudaStream_t>(s);
+  const int64_t n = int64_t(origins.count) * tiles.shape[2] * tiles.shape[3] * tiles.shape[4];
+  accumulate_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(
+      static_cast<const float*>(tiles.data), tiles, static_cast<const float*>(weight_map.data), weight_map, origins,
+      static_cast<float*>(acc.data), acc, static_cast<float*>(weight.data), weight);
+  cuda_check(cudaGetLastError(), "accumulate tiles launch");
+}
+
+void finalize_tiles_cuda(const NdView& acc, const NdView& labels, uintptr_t s) {
+  DeviceGuard guard(acc.device);
+  auto stream = reinterpret_cast<cudaStream_t>(s);
+  finalize_kernel<<<blocks_for(acc.shape[1] * acc.shape[2] * acc.shape[3], 256), 256, 0, stream>>>(
+      static_cast<const float*>(acc.data), acc, static_cast<uint8_t*>(labels.data), labels);
+  cuda_check(cudaGetLastError(), "finalize tiles launch");
+}
+
+}  // namespace petfast

@@ -1,0 +1,195 @@
+"""Sliding-window tiles for inference, with nnU-Net v2's semantics.
+
+* :func:`tile_steps` gives the tile start positions per axis exactly as nnU-Net's
+  ``compute_steps_for_sliding_window``: ``ceil((size - patch) / (patch * step)) + 1`` tiles spread
+  evenly and rounded. Images smaller than the patch are first padded to the patch size, half
+  before and half (plus one) after, as nnU-Net's ``pad_nd_image``; see :func:`pad_to_patch`.
+* :func:`gaussian_importance_map` is nnU-Net's ``compute_gaussian``: a Gaussian with sigma =
+  patch / 8 (truncated at 4 sigma), peak scaled to 10, zeros (after the cast) replaced by the
+  smallest positive value. Identical in float32; in float16 an entry can be one unit apart.
+* :func:`gather_tiles`, :func:`accumulate_tiles` and :func:`finalize` are the fused kernels
+  (CPU and CUDA) of the stitching loop; :func:`sliding_window` runs the whole loop around a
+  predictor. Volumes are channel-first (C, D, H, W), tiles (B, C, d, h, w); origins are the voxel
+  index of each tile's first voxel. Accumulation is in float32 (nnU-Net accumulates in float16).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from . import _C, _arrays
+
+
+def _patch(patch_size, name="patch_size") -> tuple:
+    try:
+        p = tuple(int(v) for v in patch_size)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be 3 integers, got {patch_size!r}") from e
+    if len(p) != 3 or min(p) < 1:
+        raise ValueError(f"{name} must be 3 positive integers, got {patch_size!r}")
+    return p
+
+
+def padded_shape(image_shape, patch_size) -> tuple:
+    """The image shape after padding to at least the patch size."""
+    return tuple(max(int(s), p) for s, p in zip(image_shape, _patch(patch_size)))
+
+
+def tile_steps(image_shape, patch_size, step: float = 0.5) -> list[list[int]]:
+    """Tile start positions per axis, identical to nnU-Net's ``compute_steps_for_sliding_window``
+    on the image padded to at least ``patch_size`` (see :func:`padded_shape`)."""
+    patch = _patch(patch_size)
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step}")
+    shape = padded_shape(image_shape, patch)
+    steps = []
+    for size, p in zip(shape, patch):
+        n = int(math.ceil((size - p) / (p * step))) + 1
+        stride = (size - p) / (n - 1) if n > 1 else 0.0
+        steps.append([int(np.round(stride * i)) for i in range(n)])
+    return steps
+
+
+def tile_origins(image_shape, patch_size, step: float = 0.5) -> list[tuple[int, int, int]]:
+    """All tile origins in nnU-Net's order (the last axis fastest)."""
+    return list(itertools.product(*tile_steps(image_shape, patch_size, step)))
+
+
+def pad_amounts(image_shape, patch_size) -> list[tuple[int, int]]:
+    """(before, after) padding per axis that brings the image to at least the patch size, split as
+    nnU-Net's ``pad_nd_image`` splits it."""
+    out = []
+    for size, p in zip(image_shape, _patch(patch_size)):
+        diff = max(p - int(size), 0)
+        out.append((diff // 2, diff // 2 + diff % 2))
+    return out
+
+
+def gaussian_importance_map(patch_size, sigma_scale: float = 1.0 / 8, value_scaling_factor: float = 10.0,
+                            dtype=np.float32) -> np.ndarray:
+    """nnU-Net's Gaussian importance map (``compute_gaussian``) as a numpy array of ``dtype``."""
+    patch = _patch(patch_size)
+    axes = []
+    for p in patch:
+        sigma = p * sigma_scale
+        radius = int(4.0 * sigma + 0.5)  # scipy's gaussian_filter truncation
+        x = np.arange(-radius, radius + 1, dtype=np.float64)
+        k = np.exp(-0.5 / sigma**2 * x**2)
+        k /= k.sum()
+        line = np.zeros(p)
+        centre = p // 2
+        for i in range(p):
+            if abs(i - centre) <= radius:
+                line[i] = k[i - centre + radius]
+        axes.append(line)
+    g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    g /= g.max() / value_scaling_factor
+    g = g.astype(dtype)
+    if np.any(g == 0):
+        g[g == 0] = g[g > 0].min()
+    return g
+
+
+def _chunks(origins, n=128):
+    origins = [tuple(int(v) for v in o) for o in origins]
+    for i in range(0, len(origins), n):
+        yield i, origins[i:i + n]
+
+
+def _view4(volume, name):
+    a = _arrays.adapt(volume, name)
+    if a.ndim != 4:
+        raise ValueError(f"{name} must be channel-first (C, D, H, W), got shape {a.shape}")
+    return a
+
+
+def gather_tiles(volume, origins, patch_size, pad: float = 0.0, dtype=np.float32):
+    """Tiles of ``volume`` (C, D, H, W) at ``origins`` into a contiguous (B, C, d, h, w) batch of
+    ``dtype`` (float32 or the volume's dtype), ``pad`` where a tile reaches outside the volume
+    (training patches may). Same kind and device as the volume."""
+    src = _view4(volume, "volume")
+    patch = _patch(patch_size)
+    origins = [tuple(int(v) for v in o) for o in origins]
+    if any(len(o) != 3 for o in origins):
+        raise ValueError("every origin has 3 coordinates (D, H, W)")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), src.dtype):
+        raise TypeError(f"tiles are float32 or the volume's dtype {src.dtype}, not {dtype}")
+    out = _arrays.empty(src, (len(origins), src.shape[0]) + patch, dtype, axis_order=(0, 1, 2, 3, 4))
+    stream = src.stream()
+    for start, chunk in _chunks(origins):
+        part = _arrays.adapt(out.obj[start:start + len(chunk)], "tiles")
+        _C.gather_tiles(src.spec(), part.spec(), [list(o) for o in chunk], float(pad), stream)
+    return out.obj
+
+
+def accumulate_tiles(acc, weight, tiles, origins, weight_map) -> None:
+    """In place: ``acc`` (C, D, H, W) += each tile x ``weight_map`` at its origin, and ``weight``
+    (D, H, W) += ``weight_map``. All float32, one device; tiles (B, C, d, h, w) must lie inside."""
+    a, w = _view4(acc, "acc"), _arrays.adapt(weight, "weight")
+    t, g = _arrays.adapt(tiles, "tiles"), _arrays.adapt(weight_map, "weight_map")
+    if t.ndim != 5:
+        raise ValueError(f"tiles must be (B, C, d, h, w), got shape {t.shape}")
+    if len(origins) != t.shape[0]:
+        raise ValueError(f"{len(origins)} origins for {t.shape[0]} tiles")
+    for start, chunk in _chunks(origins):
+        part = _arrays.adapt(t.obj[start:start + len(chunk)], "tiles")
+        _C.accumulate_tiles(part.spec(), g.spec(), [list(o) for o in chunk], a.spec(), w.spec(), a.stream())
+
+
+def finalize(acc):
+    """uint8 labels (D, H, W) from the accumulated logits (C, D, H, W): argmax over channels, or for
+    one channel logit > 0 (sigmoid > 0.5). Dividing by the weights first would not change them."""
+    a = _view4(acc, "acc")
+    labels = _arrays.empty(a, a.shape[1:], np.uint8, axis_order=(0, 1, 2))
+    _C.finalize_tiles(a.spec(), labels.spec(), a.stream())
+    return labels.obj
+
+
+def sliding_window(volume, predict, patch_size, num_outputs: int, step: float = 0.5, batch_size: int = 4,
+                   return_logits: bool = False, progress: bool = False):
+    """Run ``predict`` over tiles of ``volume`` (C, D, H, W) and stitch the outputs as nnU-Net does.
+
+    predict: maps a float32 batch (B, C, d, h, w) of the volume's kind and device to logits
+    (B, num_outputs, d, h, w). The volume is padded with 0 to at least ``patch_size`` (nnU-Net's
+    rule), tiles follow :func:`tile_origins`, each output is weighted by the Gaussian importance map
+    and accumulated in float32. Returns uint8 labels (D, H, W), or with ``return_logits`` the
+    weight-normalised logits (num_outputs, D, H, W) too, both cropped back to the input's shape.
+    """
+    src = _view4(volume, "volume")
+    patch = _patch(patch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    pads = pad_amounts(src.shape[1:], patch)
+    shape = padded_shape(src.shape[1:], patch)
+    origins = tile_origins(src.shape[1:], patch, step)
+    # Tiles are gathered from the unpadded volume with a shift: positions outside it read the pad 0.
+    shifted = [tuple(o[a] - pads[a][0] for a in range(3)) for o in origins]
+    weight_map = gaussian_importance_map(patch)
+    acc = _arrays.empty(src, (num_outputs,) + shape, np.float32, axis_order=(0, 1, 2, 3), zeroed=True).obj
+    weight = _arrays.empty(src, shape, np.float32, axis_order=(0, 1, 2), zeroed=True).obj
+    if src.kind == "torch":
+        import torch
+
+        weight_map = torch.from_numpy(weight_map).to(src.obj.device)
+    batches = range(0, len(origins), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="sliding window", unit="batch")
+    for b in batches:
+        tiles = gather_tiles(src.obj, shifted[b:b + batch_size], patch)
+        logits = predict(tiles)
+        if tuple(logits.shape) != (len(tiles), num_outputs) + patch:
+            raise ValueError(f"predict returned shape {tuple(logits.shape)}, expected {(len(tiles), num_outputs) + patch}")
+        if logits.dtype != tiles.dtype:
+            logits = logits.float() if src.kind == "torch" else logits.astype(np.float32)
+        accumulate_tiles(acc, weight, logits, origins[b:b + batch_size], weight_map)
+    crop = tuple(slice(p[0], p[0] + s) for p, s in zip(pads, src.shape[1:]))
+    acc = acc[(slice(None),) + crop]
+    labels = finalize(acc)
+    if not return_logits:
+        return labels
+    return labels, acc / weight[crop]

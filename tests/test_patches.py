@@ -1,0 +1,159 @@
+"""Sliding-window tiles against nnU-Net v2 and numpy references; CUDA against CPU; bad input."""
+import numpy as np
+import pytest
+
+import petfast
+from petfast import patches
+
+sw = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
+
+
+def test_tile_steps_match_nnunet(rng):
+    cases = [((400, 400, 326), (128, 128, 128), 0.5), ((326, 400, 400), (112, 160, 128), 0.5),
+             ((64, 64, 64), (64, 64, 64), 0.5), ((30, 200, 90), (64, 64, 64), 0.5)]
+    for _ in range(40):
+        patch = tuple(int(v) for v in rng.integers(8, 80, 3))
+        shape = tuple(int(v) for v in rng.integers(1, 300, 3))
+        cases.append((shape, patch, float(rng.choice([0.25, 0.5, 0.7, 1.0]))))
+    for shape, patch, step in cases:
+        expected = sw.compute_steps_for_sliding_window(patches.padded_shape(shape, patch), patch, step)
+        assert patches.tile_steps(shape, patch, step) == expected, (shape, patch, step)
+    assert len(patches.tile_origins((400, 400, 326), (128, 128, 128))) == 180  # the anchors' 6x6x5
+
+
+def test_padding_split_matches_nnunet():
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+    image = np.ones((1, 30, 70, 5), np.float32)
+    padded, slicer = pad_nd_image(image, (64, 64, 64), "constant", {"constant_values": 0}, True, None)
+    pads = patches.pad_amounts(image.shape[1:], (64, 64, 64))
+    assert padded.shape[1:] == patches.padded_shape(image.shape[1:], (64, 64, 64))
+    for axis, (before, _after) in enumerate(pads):
+        assert slicer[axis + 1].start == before
+
+
+@pytest.mark.parametrize("patch", [(128, 128, 128), (112, 160, 128), (24, 40, 9)])
+def test_gaussian_matches_nnunet(patch):
+    torch = pytest.importorskip("torch")
+    for dtype, tdtype in ((np.float32, torch.float32), (np.float16, torch.float16)):
+        ref = sw.compute_gaussian(patch, 1.0 / 8, 10, tdtype, torch.device("cpu")).numpy()
+        got = patches.gaussian_importance_map(patch, dtype=dtype)
+        assert got.dtype == dtype and got.max() == pytest.approx(10, rel=1e-3)
+        if dtype == np.float32:
+            np.testing.assert_array_equal(got, ref)
+        else:  # the float64 maps agree to ~1e-16, so a float16 cast can land one unit apart
+            np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), rtol=1e-3)
+
+
+def test_gather_matches_numpy_with_padding(rng):
+    volume = rng.normal(size=(2, 20, 17, 15)).astype(np.float32)
+    origins = [(0, 0, 0), (-3, 5, 10), (15, -2, -4), (10, 10, 8)]
+    tiles = patches.gather_tiles(volume, origins, (8, 6, 9), pad=-7)
+    padded = np.pad(volume, ((0, 0), (10, 10), (10, 10), (10, 10)), constant_values=-7)
+    for b, (z, y, x) in enumerate(origins):
+        np.testing.assert_array_equal(tiles[b], padded[:, z + 10:z + 18, y + 10:y + 16, x + 10:x + 19])
+    labels = rng.integers(0, 3, (1, 20, 17, 15)).astype(np.uint8)
+    same = patches.gather_tiles(labels, origins[:2], (4, 4, 4), pad=0, dtype=np.uint8)
+    assert same.dtype == np.uint8 and np.array_equal(same[0, 0], labels[0, :4, :4, :4])
+    many = [(int(z), 0, 0) for z in rng.integers(-2, 18, 300)]  # more than one kernel call's 128
+    big = patches.gather_tiles(volume, many, (3, 3, 3))
+    for b in (0, 127, 128, 299):
+        z = many[b][0]
+        ref = np.pad(volume, ((0, 0), (5, 5), (0, 0), (0, 0)))[:, z + 5:z + 8, :3, :3]
+        np.testing.assert_array_equal(big[b], ref)
+
+
+def reference_stitch(volume, predict, patch, num_outputs, step):
+    """A plain numpy version of nnU-Net's loop, in float64."""
+    pads = patches.pad_amounts(volume.shape[1:], patch)
+    padded = np.pad(volume, [(0, 0)] + pads)
+    g = patches.gaussian_importance_map(patch).astype(np.float64)
+    acc = np.zeros((num_outputs,) + padded.shape[1:])
+    wsum = np.zeros(padded.shape[1:])
+    for z, y, x in patches.tile_origins(volume.shape[1:], patch, step):
+        sl = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+        acc[(slice(None),) + sl] += predict(padded[(slice(None),) + sl][None])[0] * g
+        wsum[sl] += g
+    logits = acc / wsum
+    crop = tuple(slice(p[0], p[0] + s) for p, s in zip(pads, volume.shape[1:]))
+    return logits[(slice(None),) + crop]
+
+
+def tile_dependent(tiles):
+    """A per-tile function whose output depends on the whole tile (its mean) and on position."""
+    b, c = tiles.shape[:2]
+    ramp = np.linspace(-1, 1, tiles.shape[2])[None, None, :, None, None]
+    m = tiles.mean(axis=(1, 2, 3, 4), keepdims=True)
+    return np.concatenate([tiles[:, :1] + m + ramp, -tiles[:, 1:2] - m], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape,patch,step", [((2, 40, 37, 29), (16, 16, 16), 0.5), ((2, 10, 50, 12), (16, 24, 16), 0.5),
+                                               ((2, 33, 33, 33), (32, 16, 20), 0.3)])
+def test_sliding_window_matches_reference(shape, patch, step, rng):
+    volume = rng.normal(size=shape).astype(np.float32)
+    labels, logits = patches.sliding_window(volume, tile_dependent, patch, 2, step=step, batch_size=3,
+                                            return_logits=True)
+    ref = reference_stitch(volume.astype(np.float64), tile_dependent, patch, 2, step)
+    assert logits.shape == (2,) + shape[1:] and labels.shape == shape[1:] and labels.dtype == np.uint8
+    np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(labels, np.argmax(logits, axis=0))
+
+
+def test_pointwise_predictor_is_reproduced_exactly(rng):
+    volume = rng.normal(size=(1, 30, 31, 32)).astype(np.float32)
+    labels, logits = patches.sliding_window(volume, lambda t: t * 2, (16, 16, 16), 1, return_logits=True)
+    np.testing.assert_allclose(logits[0], 2 * volume[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(labels, (volume[0] > 0).astype(np.uint8))  # one channel: logit > 0
+
+
+def test_accumulate_is_deterministic_across_threads(rng):
+    volume = rng.normal(size=(2, 30, 30, 30)).astype(np.float32)
+    out = []
+    for threads in (1, 2):
+        petfast.set_num_threads(threads)
+        out.append(patches.sliding_window(volume, tile_dependent, (16, 16, 16), 2, return_logits=True)[1])
+    petfast.set_num_threads(2)
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_torch_cpu(rng):
+    torch = pytest.importorskip("torch")
+    volume = rng.normal(size=(2, 20, 21, 22)).astype(np.float32)
+    t_labels = patches.sliding_window(torch.from_numpy(volume), lambda t: torch.from_numpy(tile_dependent(t.numpy())),
+                                      (16, 16, 16), 2)
+    np.testing.assert_array_equal(t_labels.numpy(), patches.sliding_window(volume, tile_dependent, (16, 16, 16), 2))
+
+
+def test_bad_input(rng):
+    volume = np.zeros((1, 10, 10, 10), np.float32)
+    with pytest.raises(ValueError, match="channel-first"):
+        patches.gather_tiles(np.zeros((10, 10, 10)), [(0, 0, 0)], (4, 4, 4))
+    with pytest.raises(ValueError, match="3 positive"):
+        patches.tile_steps((10, 10, 10), (4, 0, 4))
+    with pytest.raises(ValueError, match="step"):
+        patches.tile_steps((10, 10, 10), (4, 4, 4), step=0)
+    with pytest.raises(ValueError, match="outside"):
+        patches.accumulate_tiles(np.zeros((1, 10, 10, 10), np.float32), np.zeros((10, 10, 10), np.float32),
+                                 np.zeros((1, 1, 4, 4, 4), np.float32), [(8, 0, 0)], np.ones((4, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="predict returned"):
+        patches.sliding_window(volume, lambda t: t[:, :, :2], (4, 4, 4), 1)
+    with pytest.raises(TypeError, match="float32"):
+        patches.gather_tiles(volume, [(0, 0, 0)], (4, 4, 4), dtype=np.int16)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(rng):
+    torch = pytest.importorskip("torch")
+    volume = rng.normal(size=(2, 40, 37, 29)).astype(np.float32)
+    cpu_labels, cpu_logits = patches.sliding_window(volume, tile_dependent, (16, 16, 16), 2, return_logits=True)
+
+    def predict(t):
+        return torch.from_numpy(tile_dependent(t.cpu().numpy())).cuda()
+
+    gpu_labels, gpu_logits = patches.sliding_window(torch.from_numpy(volume).cuda(), predict, (16, 16, 16), 2,
+                                                    return_logits=True)
+    np.testing.assert_allclose(gpu_logits.cpu().numpy(), cpu_logits, rtol=1e-5, atol=1e-5)
+    assert (gpu_labels.cpu().numpy() != cpu_labels).mean() < 1e-4  # ties may break differently after atomics
+    tiles = patches.gather_tiles(torch.from_numpy(volume).cuda(), [(-3, 2, 5), (30, 30, 20)], (16, 16, 16), pad=-1)
+    np.testing.assert_array_equal(tiles.cpu().numpy(),
+                                  patches.gather_tiles(volume, [(-3, 2, 5), (30, 30, 20)], (16, 16, 16), pad=-1))
