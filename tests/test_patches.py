@@ -157,3 +157,100 @@ def test_cuda_matches_cpu(rng):
     tiles = patches.gather_tiles(torch.from_numpy(volume).cuda(), [(-3, 2, 5), (30, 30, 20)], (16, 16, 16), pad=-1)
     np.testing.assert_array_equal(tiles.cpu().numpy(),
                                   patches.gather_tiles(volume, [(-3, 2, 5), (30, 30, 20)], (16, 16, 16), pad=-1))
+
+
+# --- training patches ---------------------------------------------------------------------------
+
+def lesion_case(rng, shape=(40, 50, 60)):
+    image = rng.normal(size=(2,) + shape).astype(np.float32) + 5  # never 0, so padding shows
+    label = np.zeros(shape, np.uint8)
+    label[30:33, 40:44, 50:52] = 1  # a small lesion near a corner
+    label[5:9, 5:7, 5:6] = 2
+    return image, label
+
+
+def test_class_locations_match_nnunet(rng):
+    pre = pytest.importorskip("nnunetv2.preprocessing.preprocessors.default_preprocessor")
+    label = np.zeros((50, 60, 70), np.int16)
+    label[5:40, 5:50, 5:60] = 1  # 55k voxels: 10 000 sampled
+    label[41:45, 51:55, 61:65] = 2
+    label[0, 0, 0] = 3
+    ref = pre.DefaultPreprocessor._sample_foreground_locations(label[None], [1, 2, 3], seed=1234)
+    got = patches.class_locations(label)
+    assert sorted(got) == [1, 2, 3] and len(got[1]) == 10000
+    for c in got:
+        np.testing.assert_array_equal(got[c], np.asarray(ref[c])[:, 1:])
+    big = np.ones((120, 120, 120), np.uint8)  # 1.7 M voxels: 1 % coverage beats 10 000
+    assert len(patches.class_locations(big)[1]) == int(np.ceil(big.size * 0.01))
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 5, 8, 12])
+def test_oversampling_positions_match_nnunet(batch_size, rng):
+    s = patches.PatchSampler([lesion_case(rng)], (8, 8, 8), batch_size=batch_size)
+    expected = [not j < round(batch_size * (1 - 0.33)) for j in range(batch_size)]
+    assert [s.force_foreground(j) for j in range(batch_size)] == expected
+
+
+def test_foreground_fraction_over_many_draws(rng):
+    image, label = lesion_case(rng)
+    s = patches.PatchSampler([(image, label)], (12, 12, 12), batch_size=3, oversample_foreground=0.33, seed=5)
+    forced_with_fg, other_with_fg, n = 0, 0, 200
+    for _ in range(n):
+        _, y = next(s)
+        has_fg = (y > 0).reshape(3, -1).any(axis=1)
+        forced_with_fg += has_fg[2]
+        other_with_fg += has_fg[:2].sum()
+    assert forced_with_fg == n  # every forced patch holds its lesion voxel
+    assert other_with_fg / (2 * n) < 0.5  # random patches rarely meet two small lesions
+
+
+def test_patches_pad_past_the_border(rng):
+    image, label = lesion_case(rng, shape=(10, 12, 14))
+    s = patches.PatchSampler([(image, label)], (16, 16, 16), batch_size=4, seed=2)
+    x, y = next(s)
+    assert x.shape == (4, 2, 16, 16, 16) and y.dtype == np.int16
+    assert np.all((x == 0) == (y == -1)[:, [0, 0]])  # image pad 0 exactly where the label pads -1
+    assert (y == -1).any() and (y >= 0).any()
+
+
+def test_sampler_is_deterministic_and_fair_across_cases(rng):
+    cases = [lesion_case(rng), lesion_case(rng, shape=(30, 30, 30))]
+    a = patches.PatchSampler(cases, (8, 8, 8), batch_size=2, seed=9)
+    b = patches.PatchSampler(cases, (8, 8, 8), batch_size=2, seed=9)
+    for _ in range(5):
+        xa, ya = next(a)
+        xb, yb = next(b)
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_case_without_foreground_falls_back_to_random(rng):
+    image = rng.normal(size=(1, 20, 20, 20)).astype(np.float32)
+    s = patches.PatchSampler([(image, np.zeros((20, 20, 20), np.uint8))], (8, 8, 8), batch_size=3)
+    x, y = next(s)
+    assert x.shape == (3, 1, 8, 8, 8) and not (y > 0).any()
+
+
+def test_sampler_bad_input(rng):
+    image, label = lesion_case(rng)
+    with pytest.raises(ValueError, match="at least one"):
+        patches.PatchSampler([], (8, 8, 8))
+    with pytest.raises(ValueError, match="differs"):
+        patches.PatchSampler([(image, label[:-1])], (8, 8, 8))
+    with pytest.raises(TypeError, match="integers"):
+        patches.PatchSampler([(image, label.astype(np.float32))], (8, 8, 8))
+    with pytest.raises(ValueError, match="channel-first"):
+        patches.PatchSampler([(image[0], label)], (8, 8, 8))
+    with pytest.raises(ValueError, match="oversample"):
+        patches.PatchSampler([(image, label)], (8, 8, 8), oversample_foreground=1.5)
+
+
+def test_sampler_torch(rng):
+    torch = pytest.importorskip("torch")
+    image, label = lesion_case(rng)
+    s = patches.PatchSampler([(torch.from_numpy(image), torch.from_numpy(label))], (8, 8, 8), batch_size=2, seed=3)
+    x, y = next(s)
+    assert isinstance(x, torch.Tensor) and x.dtype == torch.float32 and y.dtype == torch.int16
+    n = patches.PatchSampler([(image, label)], (8, 8, 8), batch_size=2, seed=3)
+    xn, yn = next(n)
+    np.testing.assert_array_equal(x.numpy(), xn)

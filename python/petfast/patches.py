@@ -193,3 +193,119 @@ def sliding_window(volume, predict, patch_size, num_outputs: int, step: float = 
     if not return_logits:
         return labels
     return labels, acc / weight[crop]
+
+
+# --- Training patches (nnU-Net's data loader semantics) ------------------------------------------
+
+def class_locations(label, classes=None, seed: int = 1234, max_samples: int = 10000,
+                    min_coverage: float = 0.01) -> dict:
+    """Voxel coordinates (N x 3, (D, H, W)) sampled per class, as nnU-Net's preprocessing stores them.
+
+    For each class present: min(max_samples, count) voxels, but at least ceil(count x min_coverage),
+    drawn without replacement with ``np.random.RandomState(seed)`` in nnU-Net's order, so the result
+    equals nnU-Net's ``_sample_foreground_locations`` (minus its channel column). ``classes``
+    defaults to every nonzero label present.
+    """
+    lab = label.detach().cpu().numpy() if type(label).__module__.split(".")[0] == "torch" else np.asanyarray(label)
+    if lab.ndim != 3:
+        raise ValueError(f"label must be 3-D (D, H, W), got shape {lab.shape}")
+    present = np.unique(lab)
+    if classes is None:
+        classes = [int(c) for c in present if c != 0]
+    rnd = np.random.RandomState(seed)
+    wanted = np.isin(lab, np.asarray(sorted(set(int(c) for c in classes)), dtype=np.int64))
+    coords = np.argwhere(wanted)
+    values = lab[wanted]
+    order = np.argsort(values, kind="stable")
+    values, coords = values[order], coords[order]
+    out = {}
+    for c in classes:
+        c = int(c)
+        lo, hi = np.searchsorted(values, c, "left"), np.searchsorted(values, c, "right")
+        total = int(hi - lo)
+        if total == 0:
+            out[c] = np.zeros((0, 3), np.int64)
+            continue
+        n = max(min(max_samples, total), int(np.ceil(total * min_coverage)))
+        out[c] = coords[lo + rnd.choice(total, n, replace=False)]
+    return out
+
+
+def sample_origin(shape, patch_size, force_foreground: bool, locations: dict | None, rng: np.random.Generator,
+                  need_to_pad=(0, 0, 0)) -> tuple:
+    """One patch origin with nnU-Net's ``get_bbox`` rule: random within the padded range, or, when
+    foreground is forced, centred on a random voxel of a random present class (clamped only at the
+    lower bound; the patch may reach past the upper border, where it is padded)."""
+    patch = _patch(patch_size)
+    pad = [int(max(n, p - s)) if n + s < p else int(n) for n, s, p in zip(need_to_pad, shape, patch)]
+    lbs = [-(p // 2) for p in pad]
+    ubs = [s + p // 2 + p % 2 - q for s, p, q in zip(shape, pad, patch)]
+    if force_foreground and locations:
+        eligible = [c for c, v in locations.items() if len(v) > 0]
+        if eligible:
+            voxels = locations[eligible[rng.integers(len(eligible))]]
+            v = voxels[rng.integers(len(voxels))]
+            return tuple(int(max(lbs[a], v[a] - patch[a] // 2)) for a in range(3))
+    return tuple(int(rng.integers(lbs[a], ubs[a] + 1)) for a in range(3))
+
+
+class PatchSampler:
+    """Endless batches of training patches with nnU-Net's semantics.
+
+    cases: list of (image (C, D, H, W), label (D, H, W)) pairs, numpy or torch (CPU or CUDA); each
+    batch picks ``batch_size`` cases uniformly with replacement, the last ``oversample_foreground``
+    fraction of the batch (nnU-Net: round(B x (1 - 0.33)) onwards) centred on foreground. Patches
+    past the border are padded: image 0, label -1 (nnU-Net's ignore value). Yields
+    ``(images float32 (B, C, p...), labels int16 (B, 1, p...))`` on the cases' device. Deterministic
+    for a seed.
+    """
+
+    def __init__(self, cases, patch_size, batch_size: int = 2, oversample_foreground: float = 0.33, seed: int = 0):
+        if not cases:
+            raise ValueError("PatchSampler needs at least one (image, label) case")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= oversample_foreground <= 1:
+            raise ValueError(f"oversample_foreground must be in [0, 1], got {oversample_foreground}")
+        self.patch = _patch(patch_size)
+        self.batch_size = batch_size
+        self.oversample_foreground = oversample_foreground
+        self.rng = np.random.default_rng(seed)
+        self.cases = []
+        for n, (image, label) in enumerate(cases):
+            img = _view4(image, f"cases[{n}] image")
+            lab = _arrays.adapt(label, f"cases[{n}] label")
+            if tuple(lab.shape) != tuple(img.shape[1:]):
+                raise ValueError(f"cases[{n}]: label shape {lab.shape} differs from image shape {img.shape[1:]}")
+            if lab.dtype.kind not in "iu":
+                raise TypeError(f"cases[{n}]: labels must be integers, got {lab.dtype}")
+            self.cases.append((img.obj, self._as_int16(lab.obj), class_locations(lab.obj)))
+
+    @staticmethod
+    def _as_int16(label):
+        if type(label).__module__.split(".")[0] == "torch":
+            import torch
+
+            return label.to(torch.int16)[None]
+        return np.asarray(label, np.int16)[None]
+
+    def force_foreground(self, j: int) -> bool:
+        """nnU-Net's ``get_do_oversample``: the sample j of a batch is forced to contain foreground."""
+        return not j < round(self.batch_size * (1 - self.oversample_foreground))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        picks = self.rng.integers(len(self.cases), size=self.batch_size)
+        images, labels = [], []
+        for j, c in enumerate(picks):
+            image, label, locations = self.cases[c]
+            origin = sample_origin(image.shape[1:], self.patch, self.force_foreground(j), locations, self.rng)
+            images.append(gather_tiles(image, [origin], self.patch, pad=0.0))
+            labels.append(gather_tiles(label, [origin], self.patch, pad=-1, dtype=np.int16))
+        if type(images[0]).__module__.split(".")[0] == "torch":
+            import torch
+
+            return torch.cat(images), torch.cat(labels)
+        return np.concatenate(images), np.concatenate(labels)
