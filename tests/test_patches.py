@@ -254,3 +254,31 @@ def test_sampler_torch(rng):
     n = patches.PatchSampler([(image, label)], (8, 8, 8), batch_size=2, seed=3)
     xn, yn = next(n)
     np.testing.assert_array_equal(x.numpy(), xn)
+
+
+def test_augment_mirrors_image_and_label_together(rng):
+    image, label = lesion_case(rng)
+    s = patches.PatchSampler([(image, label)], (12, 12, 12), batch_size=4, seed=1)
+    x, y = next(s)
+    x0, y0 = x.copy(), y.copy()
+    xa, ya = patches.augment(x, y, np.random.default_rng(0), p_brightness=0, p_contrast=0, p_noise=0)
+    for j in range(4):  # each sample is some flip of the original, the same for image and label
+        found = False
+        for flips in [(), (1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)]:
+            if np.array_equal(xa[j], np.flip(x0[j], flips)):
+                assert np.array_equal(ya[j], np.flip(y0[j], flips))
+                found = True
+        assert found
+
+
+def test_augment_intensity_is_seeded_and_bounded(rng):
+    x = rng.normal(size=(6, 1, 8, 8, 8)).astype(np.float32)
+    y = np.zeros((6, 1, 8, 8, 8), np.int16)
+    a, _ = patches.augment(x.copy(), y.copy(), np.random.default_rng(3), mirror_axes=(), p_brightness=1, p_contrast=1,
+                           p_noise=0)
+    b, _ = patches.augment(x.copy(), y.copy(), np.random.default_rng(3), mirror_axes=(), p_brightness=1, p_contrast=1,
+                           p_noise=0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, x)
+    ratio = np.abs(a).max() / np.abs(x).max()
+    assert 0.5 < ratio < 1.6

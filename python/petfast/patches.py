@@ -309,3 +309,49 @@ class PatchSampler:
 
             return torch.cat(images), torch.cat(labels)
         return np.concatenate(images), np.concatenate(labels)
+
+
+def augment(images, labels, rng: np.random.Generator, mirror_axes=(0, 1, 2), p_brightness: float = 0.15,
+            p_contrast: float = 0.15, p_noise: float = 0.1):
+    """Mirroring and intensity augmentation of a batch in place on its device (numpy or torch).
+
+    Per sample, as nnU-Net's defaults: each spatial axis in ``mirror_axes`` flipped with probability
+    0.5 (image and label together); brightness x U(0.75, 1.25) with ``p_brightness``; contrast
+    (about the mean) x U(0.75, 1.25), clipped to the sample's old range, with ``p_contrast``;
+    Gaussian noise of variance U(0, 0.1) with ``p_noise``. Returns (images, labels).
+    """
+    is_torch = type(images).__module__.split(".")[0] == "torch"
+    b = images.shape[0]
+    for j in range(b):
+        flips = tuple(2 + a for a in mirror_axes if rng.random() < 0.5)
+        if flips:
+            if is_torch:
+                images[j] = images[j].flip([f - 1 for f in flips])
+                labels[j] = labels[j].flip([f - 1 for f in flips])
+            else:
+                images[j] = np.flip(images[j], [f - 1 for f in flips])
+                labels[j] = np.flip(labels[j], [f - 1 for f in flips])
+        x = images[j]
+        if rng.random() < p_brightness:
+            x *= float(rng.uniform(0.75, 1.25))
+        if rng.random() < p_contrast:
+            lo, hi = float(x.min()), float(x.max())
+            mean = float(x.mean())
+            x -= mean
+            x *= float(rng.uniform(0.75, 1.25))
+            x += mean
+            if is_torch:
+                x.clamp_(lo, hi)
+            else:
+                np.clip(x, lo, hi, out=x)
+        if rng.random() < p_noise:
+            sd = float(np.sqrt(rng.uniform(0, 0.1)))
+            seed = int(rng.integers(2**31))
+            if is_torch:
+                import torch
+
+                gen = torch.Generator(device=x.device).manual_seed(seed)
+                x += torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * sd
+            else:
+                x += np.random.default_rng(seed).standard_normal(x.shape).astype(x.dtype) * sd
+    return images, labels
