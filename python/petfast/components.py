@@ -136,7 +136,7 @@ def _stats(labels, count, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats
 
 
 def _to_numpy(x) -> np.ndarray:
-    return x.cpu().numpy() if _arrays._is_torch(x) else np.asarray(x)
+    return x.detach().cpu().numpy() if _arrays._is_torch(x) else np.asanyarray(x)
 
 
 def _max_label(lab: _arrays.Array) -> int:

@@ -14,13 +14,9 @@ import math
 
 import numpy as np
 
-from .components import _stats, label
+from .components import _stats, _to_numpy, label
 
 PEAK_RADIUS_MM = (3.0 * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)  # a 1 ml sphere
-
-
-def _numpy(x):
-    return x.detach().cpu().numpy() if type(x).__module__.split(".")[0] == "torch" else np.asanyarray(x)
 
 
 def _suv_peak(pet: np.ndarray, centre: tuple, spacing: np.ndarray) -> float:
@@ -40,8 +36,8 @@ def lesions(pet_suv, mask, spacing) -> dict:
     in mm along (i, j, k). Returns ``{"lesions": [per-lesion dicts], "study": {...}}`` with the fields
     of the module notes; per lesion also its centroid (mm) and the index of its hottest voxel.
     """
-    pet = _numpy(pet_suv)
-    m = _numpy(mask)
+    pet = _to_numpy(pet_suv)
+    m = _to_numpy(mask)
     if pet.shape != m.shape or pet.ndim != 3:
         raise ValueError(f"pet_suv {pet.shape} and mask {m.shape} must be 3-D volumes of one shape")
     if pet.dtype.kind == "f" and np.isnan(pet).any():
