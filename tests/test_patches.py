@@ -282,3 +282,15 @@ def test_augment_intensity_is_seeded_and_bounded(rng):
     assert not np.array_equal(a, x)
     ratio = np.abs(a).max() / np.abs(x).max()
     assert 0.5 < ratio < 1.6
+
+
+def test_sampler_in_a_torch_dataloader(rng):
+    torch = pytest.importorskip("torch")
+    image, label = lesion_case(rng)
+    sampler = patches.PatchSampler([(image, label)], (8, 8, 8), batch_size=2, seed=4)
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(sampler.torch_dataset(), batch_size=None, num_workers=workers)
+        batches = [b for _, b in zip(range(4), loader)]
+        assert all(x.shape == (2, 2, 8, 8, 8) and y.dtype == torch.int16 for x, y in batches)
+        if workers == 2:  # workers draw different patches
+            assert not torch.equal(batches[0][0], batches[1][0])

@@ -296,6 +296,25 @@ class PatchSampler:
     def __iter__(self):
         return self
 
+    def torch_dataset(self):
+        """This sampler as a ``torch.utils.data.IterableDataset`` of whole batches, for
+        ``DataLoader(sampler.torch_dataset(), batch_size=None, num_workers=N)``. Each worker draws
+        from its own stream (seeded from this sampler's generator and the worker id), so workers
+        never repeat each other's batches."""
+        import torch
+
+        sampler = self
+        base_seed = int(self.rng.integers(2**31))
+
+        class _Batches(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                info = torch.utils.data.get_worker_info()
+                if info is not None:
+                    sampler.rng = np.random.default_rng([base_seed, info.id])
+                return sampler
+
+        return _Batches()
+
     def __next__(self):
         picks = self.rng.integers(len(self.cases), size=self.batch_size)
         images, labels = [], []
