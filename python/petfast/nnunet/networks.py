@@ -1,0 +1,168 @@
+"""PlainConvUNet and ResidualEncoderUNet with dynamic_network_architectures' exact module tree, so
+that nnU-Net checkpoints (aliased keys included) load with ``load_state_dict(strict=True)``.
+
+Conventions (dynamic_network_architectures 0.4.4): conv -> InstanceNorm3d(eps 1e-5, affine) ->
+LeakyReLU(0.01); downsampling by the stride of each stage's first conv; transposed convs up; skip
+concatenated after the upsampled features; one 1x1x1 segmentation head per decoder stage, of which
+only the last (full resolution) is used at inference (no deep supervision). The aliases are part of
+the tree on purpose: ``all_modules`` re-registers each block's conv/norm/nonlin, and the decoder
+holds the encoder.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvNormReLU(nn.Module):
+    """conv -> norm -> LeakyReLU (``ConvDropoutNormReLU`` without dropout); nonlin optional."""
+
+    def __init__(self, cin, cout, kernel, stride, bias, norm_kwargs, nonlin=True):
+        super().__init__()
+        pad = [(k - 1) // 2 for k in kernel]
+        self.conv = nn.Conv3d(cin, cout, kernel, stride, pad, bias=bias)
+        self.norm = nn.InstanceNorm3d(cout, **norm_kwargs)
+        mods = [self.conv, self.norm]
+        if nonlin:
+            self.nonlin = nn.LeakyReLU(inplace=True)
+            mods.append(self.nonlin)
+        self.all_modules = nn.Sequential(*mods)
+
+    def forward(self, x):
+        return self.all_modules(x)
+
+
+class StackedConvBlocks(nn.Module):
+    def __init__(self, n, cin, cout, kernel, stride, bias, norm_kwargs):
+        super().__init__()
+        self.convs = nn.Sequential(ConvNormReLU(cin, cout, kernel, stride, bias, norm_kwargs),
+                                   *[ConvNormReLU(cout, cout, kernel, 1, bias, norm_kwargs) for _ in range(n - 1)])
+
+    def forward(self, x):
+        return self.convs(x)
+
+
+class PlainConvEncoder(nn.Module):
+    def __init__(self, cin, features, kernels, strides, n_convs, bias, norm_kwargs):
+        super().__init__()
+        stages = []
+        for f, k, s, n in zip(features, kernels, strides, n_convs):
+            stages.append(nn.Sequential(StackedConvBlocks(n, cin, f, k, s, bias, norm_kwargs)))
+            cin = f
+        self.stages = nn.Sequential(*stages)
+        self.output_channels, self.strides, self.kernel_sizes = list(features), strides, kernels
+
+    def forward(self, x):
+        skips = []
+        for s in self.stages:
+            x = s(x)
+            skips.append(x)
+        return skips
+
+
+class BasicBlockD(nn.Module):
+    """Residual block: conv-norm-relu, conv-norm, plus a skip (avg-pool and/or 1x1 conv-norm), relu."""
+
+    def __init__(self, cin, cout, kernel, stride, bias, norm_kwargs):
+        super().__init__()
+        self.conv1 = ConvNormReLU(cin, cout, kernel, stride, bias, norm_kwargs)
+        self.conv2 = ConvNormReLU(cout, cout, kernel, 1, bias, norm_kwargs, nonlin=False)
+        self.nonlin2 = nn.LeakyReLU(inplace=True)
+        has_stride = any(s != 1 for s in stride) if isinstance(stride, (list, tuple)) else stride != 1
+        skip = []
+        if has_stride:
+            skip.append(nn.AvgPool3d(stride, stride))
+        if cin != cout:
+            skip.append(ConvNormReLU(cin, cout, [1, 1, 1], 1, False, norm_kwargs, nonlin=False))
+        self.skip = nn.Sequential(*skip) if skip else (lambda x: x)
+
+    def forward(self, x):
+        return self.nonlin2(self.conv2(self.conv1(x)) + self.skip(x))
+
+
+class StackedResidualBlocks(nn.Module):
+    def __init__(self, n, cin, cout, kernel, stride, bias, norm_kwargs):
+        super().__init__()
+        self.blocks = nn.Sequential(BasicBlockD(cin, cout, kernel, stride, bias, norm_kwargs),
+                                    *[BasicBlockD(cout, cout, kernel, 1, bias, norm_kwargs) for _ in range(n - 1)])
+
+    def forward(self, x):
+        return self.blocks(x)
+
+
+class ResidualEncoder(nn.Module):
+    def __init__(self, cin, features, kernels, strides, n_blocks, bias, norm_kwargs):
+        super().__init__()
+        self.stem = StackedConvBlocks(1, cin, features[0], kernels[0], 1, bias, norm_kwargs)
+        cin = features[0]
+        stages = []
+        for f, k, s, n in zip(features, kernels, strides, n_blocks):
+            stages.append(StackedResidualBlocks(n, cin, f, k, s, bias, norm_kwargs))
+            cin = f
+        self.stages = nn.Sequential(*stages)
+        self.output_channels, self.strides, self.kernel_sizes = list(features), strides, kernels
+
+    def forward(self, x):
+        x = self.stem(x)
+        skips = []
+        for s in self.stages:
+            x = s(x)
+            skips.append(x)
+        return skips
+
+
+class UNetDecoder(nn.Module):
+    def __init__(self, encoder, num_classes, n_convs, bias, norm_kwargs):
+        super().__init__()
+        self.encoder = encoder  # registered again, as in dynamic_network_architectures (aliased keys)
+        f, st, ks = encoder.output_channels, encoder.strides, encoder.kernel_sizes
+        n = len(f)
+        transp, stages, heads = [], [], []
+        for s in range(1, n):
+            below, skip = f[-s], f[-(s + 1)]
+            transp.append(nn.ConvTranspose3d(below, skip, st[-s], st[-s], bias=bias))
+            stages.append(StackedConvBlocks(n_convs[s - 1], 2 * skip, skip, ks[-(s + 1)], 1, bias, norm_kwargs))
+            heads.append(nn.Conv3d(skip, num_classes, 1, 1, 0, bias=True))
+        # Registration order as dynamic_network_architectures, so state dicts list keys identically.
+        self.stages, self.transpconvs, self.seg_layers = nn.ModuleList(stages), nn.ModuleList(transp), nn.ModuleList(heads)
+
+    def forward(self, skips):
+        x = skips[-1]
+        for s in range(len(self.stages)):
+            x = self.stages[s](torch.cat((self.transpconvs[s](x), skips[-(s + 2)]), 1))
+        return self.seg_layers[-1](x)
+
+
+class _UNet(nn.Module):
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+class PlainConvUNet(_UNet):
+    def __init__(self, input_channels, n_stages, features_per_stage, kernel_sizes, strides, n_conv_per_stage,
+                 num_classes, n_conv_per_stage_decoder, conv_bias=True, norm_op_kwargs=None, **_ignored):
+        super().__init__()
+        norm = dict(norm_op_kwargs or {"eps": 1e-5, "affine": True})
+        self.encoder = PlainConvEncoder(input_channels, features_per_stage[:n_stages], kernel_sizes, strides,
+                                        n_conv_per_stage, conv_bias, norm)
+        self.decoder = UNetDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, conv_bias, norm)
+
+
+class ResidualEncoderUNet(_UNet):
+    def __init__(self, input_channels, n_stages, features_per_stage, kernel_sizes, strides, n_blocks_per_stage,
+                 num_classes, n_conv_per_stage_decoder, conv_bias=True, norm_op_kwargs=None, **_ignored):
+        super().__init__()
+        norm = dict(norm_op_kwargs or {"eps": 1e-5, "affine": True})
+        self.encoder = ResidualEncoder(input_channels, features_per_stage[:n_stages], kernel_sizes, strides,
+                                       n_blocks_per_stage, conv_bias, norm)
+        self.decoder = UNetDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, conv_bias, norm)
+
+
+def build_network(plans, configuration: str, input_channels: int, num_classes: int) -> nn.Module:
+    """The configuration's network (without deep supervision), ready for an nnU-Net state dict."""
+    from .plans import Plans
+
+    cls, kw = (plans if isinstance(plans, Plans) else Plans(plans)).network_arguments(configuration)
+    net = {"PlainConvUNet": PlainConvUNet, "ResidualEncoderUNet": ResidualEncoderUNet}[cls]
+    kw.pop("deep_supervision", None)
+    return net(input_channels=input_channels, num_classes=num_classes, **kw)
