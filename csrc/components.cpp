@@ -1,4 +1,4 @@
-// Argument checks and CPU/CUDA dispatch for label (3-D connected components).
+// Argument checks and CPU/CUDA dispatch for connected components: label and component_stats.
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
