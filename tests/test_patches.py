@@ -5,10 +5,16 @@ import pytest
 import petfast
 from petfast import patches
 
-sw = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
+
+
+def _sw():
+    """nnU-Net's sliding-window module, the peer; imported per test so that the CUDA tests run
+    where nnunetv2 is not installed (the GPU machine)."""
+    return pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
 
 
 def test_tile_steps_match_nnunet(rng):
+    sw = _sw()
     cases = [((400, 400, 326), (128, 128, 128), 0.5), ((326, 400, 400), (112, 160, 128), 0.5),
              ((64, 64, 64), (64, 64, 64), 0.5), ((30, 200, 90), (64, 64, 64), 0.5)]
     for _ in range(40):
@@ -35,6 +41,7 @@ def test_padding_split_matches_nnunet():
 @pytest.mark.parametrize("patch", [(128, 128, 128), (112, 160, 128), (24, 40, 9)])
 def test_gaussian_matches_nnunet(patch):
     torch = pytest.importorskip("torch")
+    sw = _sw()
     for dtype, tdtype in ((np.float32, torch.float32), (np.float16, torch.float16)):
         ref = sw.compute_gaussian(patch, 1.0 / 8, 10, tdtype, torch.device("cpu")).numpy()
         got = patches.gaussian_importance_map(patch, dtype=dtype)

@@ -35,7 +35,6 @@ prostate       40     0.9       2.5
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
