@@ -25,3 +25,15 @@ def synthetic_ct(shape, seed=0):
     y = np.linspace(-1, 1, shape[1])[None, :, None]
     ct = np.where(x**2 / 0.8 + y**2 / 0.5 <= 1, 40, -1000) + np.zeros(shape, np.int16)
     return (ct + rng.normal(0, 12, shape)).astype(np.int16)
+
+
+def synced(fn):
+    """fn followed by a CUDA device synchronisation, so that a benchmark times the GPU work."""
+    import torch
+
+    def run(*a, **k):
+        out = fn(*a, **k)
+        torch.cuda.synchronize()
+        return out
+
+    return run

@@ -9,6 +9,8 @@ import pytest
 import petfast
 from petfast import patches
 
+from _benchdata import synced
+
 torch = pytest.importorskip("torch")
 
 
@@ -73,15 +75,6 @@ def test_cpu_accumulate_torch(benchmark, record, setup):
 cuda = pytest.mark.skipif(not petfast.cuda_available(), reason="needs the CUDA kernels and a CUDA device")
 
 
-def _synced(fn):
-    def run(*a):
-        out = fn(*a)
-        torch.cuda.synchronize()
-        return out
-
-    return run
-
-
 @cuda
 def test_gpu_gather_and_accumulate(benchmark, record, setup):
     volume, origins, patch, tiles, g = setup
@@ -93,7 +86,7 @@ def test_gpu_gather_and_accumulate(benchmark, record, setup):
         patches.accumulate_tiles(acc, weight, t, origins, gg)
 
     benchmark.group = "tiles-gpu"
-    benchmark(_synced(step))
+    benchmark(synced(step))
     benchmark.extra_info["GB/s"] = 2 * _gb(tiles) / benchmark.stats.stats.median
     record(benchmark.group, "petfast")
 
@@ -109,7 +102,7 @@ def test_gpu_torch_loops(benchmark, record, setup):
         _torch_accumulate(acc, weight, t, origins, gg, patch)
 
     benchmark.group = "tiles-gpu"
-    benchmark(_synced(step))
+    benchmark(synced(step))
     record(benchmark.group, "torch slicing loops")
 
 
@@ -119,5 +112,5 @@ def test_gpu_copy_floor(benchmark, record, setup):
     a = torch.empty(tiles.numel() * 2, device="cuda")
     b = torch.empty_like(a)
     benchmark.group = "tiles-gpu"
-    benchmark(_synced(b.copy_), a)
+    benchmark(synced(b.copy_), a)
     record(benchmark.group, "copy of the tile bytes (floor)")

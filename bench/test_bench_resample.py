@@ -4,7 +4,7 @@ import pytest
 
 import petfast
 
-from _benchdata import synthetic_ct, whole_body_grids
+from _benchdata import synced, synthetic_ct, whole_body_grids
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +83,6 @@ def gpu_case(case):
     torch = pytest.importorskip("torch")
     ct, ct_affine, pet_shape, pet_affine = case
     return torch.from_numpy(ct).cuda(), ct_affine, pet_shape, pet_affine
-
-
-def synced(fn):
-    import torch
-
-    def run(*a, **k):
-        out = fn(*a, **k)
-        torch.cuda.synchronize()
-        return out
-
-    return run
 
 
 @cuda

@@ -36,24 +36,6 @@ void set_num_threads(int n) {
 
 namespace {
 
-Volume to_volume(const py::tuple& t) {
-  require(t.size() == 5, "internal: a volume is (pointer, dtype, shape, strides, device)");
-  Volume v;
-  v.data = reinterpret_cast<void*>(t[0].cast<uintptr_t>());
-  const int code = t[1].cast<int>();
-  require(code >= 0 && code <= 4, "internal: unknown dtype code");
-  v.dtype = static_cast<DType>(code);
-  auto shape = t[2].cast<std::vector<int64_t>>();
-  auto strides = t[3].cast<std::vector<int64_t>>();
-  require(shape.size() == 3 && strides.size() == 3, "internal: volumes are 3-D");
-  for (int a = 0; a < 3; ++a) {
-    v.shape[a] = shape[a];
-    v.strides[a] = strides[a];
-  }
-  v.device = t[4].cast<int>();
-  return v;
-}
-
 NdView to_ndview(const py::tuple& t) {
   require(t.size() == 5, "internal: an array is (pointer, dtype, shape, strides, device)");
   NdView v;
@@ -70,6 +52,21 @@ NdView to_ndview(const py::tuple& t) {
     v.strides[a] = strides[a];
   }
   v.device = t[4].cast<int>();
+  return v;
+}
+
+// A 3-D volume: the same tuple, required to have three axes.
+Volume to_volume(const py::tuple& t) {
+  const NdView n = to_ndview(t);
+  require(n.ndim == 3, "internal: volumes are 3-D");
+  Volume v;
+  v.data = n.data;
+  v.dtype = n.dtype;
+  for (int a = 0; a < 3; ++a) {
+    v.shape[a] = n.shape[a];
+    v.strides[a] = n.strides[a];
+  }
+  v.device = n.device;
   return v;
 }
 

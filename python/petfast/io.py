@@ -18,14 +18,16 @@ Conventions
 """
 from __future__ import annotations
 
+import gzip
 import math
 import os
-import gzip
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from . import _arrays
 
 try:  # fastest whole-buffer gzip decoder
     import deflate as _deflate
@@ -194,7 +196,7 @@ def save(path, data, affine=None, *, like=None, overwrite: bool = False) -> Path
         raise ValueError(f"{path}: the file name must end in .nii or .nii.gz")
     if path.exists() and not overwrite:  # before any work; atomic_write checks again
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    if type(data).__module__.split(".")[0] == "torch":
+    if _arrays._is_torch(data):
         data = data.detach().cpu().numpy()
     data = np.asanyarray(data)
     if data.dtype == np.bool_:

@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from . import _arrays
 from .components import _stats, label
 
 CONNECTIVITY = 18
@@ -27,7 +28,7 @@ CONNECTIVITY = 18
 
 def _binary(x, name):
     """x as a 0/1 mask, without a copy when it already is one (bool or uint8 with values 0 and 1)."""
-    if type(x).__module__.split(".")[0] == "torch":
+    if _arrays._is_torch(x):
         import torch
 
         if x.dtype == torch.bool:

@@ -206,7 +206,7 @@ def class_locations(label, classes=None, seed: int = 1234, max_samples: int = 10
     equals nnU-Net's ``_sample_foreground_locations`` (minus its channel column). ``classes``
     defaults to every nonzero label present.
     """
-    lab = label.detach().cpu().numpy() if type(label).__module__.split(".")[0] == "torch" else np.asanyarray(label)
+    lab = label.detach().cpu().numpy() if _arrays._is_torch(label) else np.asanyarray(label)
     if lab.ndim != 3:
         raise ValueError(f"label must be 3-D (D, H, W), got shape {lab.shape}")
     present = np.unique(lab)
@@ -283,7 +283,7 @@ class PatchSampler:
 
     @staticmethod
     def _as_int16(label):
-        if type(label).__module__.split(".")[0] == "torch":
+        if _arrays._is_torch(label):
             import torch
 
             return label.to(torch.int16)[None]
@@ -323,7 +323,7 @@ class PatchSampler:
             origin = sample_origin(image.shape[1:], self.patch, self.force_foreground(j), locations, self.rng)
             images.append(gather_tiles(image, [origin], self.patch, pad=0.0))
             labels.append(gather_tiles(label, [origin], self.patch, pad=-1, dtype=np.int16))
-        if type(images[0]).__module__.split(".")[0] == "torch":
+        if _arrays._is_torch(images[0]):
             import torch
 
             return torch.cat(images), torch.cat(labels)
@@ -339,7 +339,7 @@ def augment(images, labels, rng: np.random.Generator, mirror_axes=(0, 1, 2), p_b
     (about the mean) x U(0.75, 1.25), clipped to the sample's old range, with ``p_contrast``;
     Gaussian noise of variance U(0, 0.1) with ``p_noise``. Returns (images, labels).
     """
-    is_torch = type(images).__module__.split(".")[0] == "torch"
+    is_torch = _arrays._is_torch(images)
     b = images.shape[0]
     for j in range(b):
         flips = tuple(2 + a for a in mirror_axes if rng.random() < 0.5)
