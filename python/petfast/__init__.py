@@ -8,12 +8,14 @@ import os as _os
 
 from . import _C
 from .components import component_stats, label, remove_small
+from .predictor import Predictor
 from .resample import resample, resample_ct_to_pet
 from . import metrics, patches, quant  # noqa: E402  (submodules of the public API)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Predictor",
     "__version__",
     "component_stats",
     "cuda_available",

@@ -11,7 +11,6 @@ import numpy as np
 
 # Subcommands whose implementation arrives in a later release; listed so that --help shows the plan.
 _PLANNED = {
-    "predict": "segment lesions in studies with an nnU-Net v2 or petfast model",
     "train": "train a model on GPU-sampled patches",
 }
 
@@ -177,6 +176,34 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    import petfast
+    from .predictor import Predictor
+
+    device = args.device
+    if device == "cuda" and not petfast.cuda_available():
+        print("petfast predict: --device cuda needs petfast's CUDA kernels and a GPU; use --device cpu", file=sys.stderr)
+        return 2
+    folds = None if not args.folds else [f if f == "all" else int(f) for f in args.folds]
+    t0 = time.perf_counter()
+    predictor = Predictor.from_nnunet(args.model, folds=folds, checkpoint=args.checkpoint, device=device,
+                                      step=args.step, tta=args.tta, batch_size=args.batch_size,
+                                      precision=args.precision)
+    print(f"model {args.model}: {predictor.configuration}, {len(predictor.networks)} fold(s), patch "
+          f"{'x'.join(map(str, predictor.patch_size))}, TTA {'over axes ' + str(predictor.mirror_axes) if predictor.mirror_axes else 'off'}, "
+          f"{predictor.device}, {predictor.precision} (loaded in {time.perf_counter() - t0:.1f} s)")
+    rows = predictor.predict_files(args.input, args.output, probabilities=args.probabilities, lesions=args.lesions,
+                                   overwrite=args.overwrite, progress=not args.quiet)
+    stages = ("read_wait", "preprocess", "network", "export", "total")
+    print(f"{'case':32s} {'shape':>13s} " + " ".join(f"{s:>10s}" for s in stages))
+    for r in rows:
+        print(f"{r['case'][:32]:32s} {r['shape']:>13s} " + " ".join(f"{r[s]:10.2f}" for s in stages))
+    wall = time.perf_counter() - t0
+    print(f"{len(rows)} case(s) in {wall:.1f} s ({60 * len(rows) / wall:.1f} cases/min including model loading) "
+          f"-> {args.output}")
+    return 0
+
+
 def _planned(name):
     def run(args) -> int:
         print(f"petfast {name}: not available in this version yet ({_PLANNED[name]}).", file=sys.stderr)
@@ -243,6 +270,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_evaluate)
+    s = sub.add_parser(
+        "predict", help="segment lesions with an nnU-Net v2 (or petfast-trained) model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Segment every case of INPUT with the model folder MODEL_DIR, as nnU-Net's nnUNetv2_predict\n"
+                    "does (same preprocessing, tiles, Gaussian weighting, mirroring and fold averaging), on the\n"
+                    "GPU when there is one.\n\n"
+                    "INPUT is a folder of nnU-Net-style channel files (CASE_0000.nii.gz = CT, CASE_0001.nii.gz =\n"
+                    "PET, in dataset.json's channel order), an autoPET study folder (SUV.nii.gz with CTres.nii.gz,\n"
+                    "or a raw CT.nii.gz on its own grid, resampled onto the PET grid first), or a folder of such\n"
+                    "study folders. OUTPUT gets CASE.nii.gz (uint8 labels on the input grid); with --lesions\n"
+                    "CASE_lesions.csv/json (MTV, SUVmax, SUVmean, SUVpeak, TLG per lesion), with --probabilities\n"
+                    "CASE_probabilities.nii.gz. Existing files are never replaced without --overwrite.",
+        epilog="example: petfast predict -m nnUNet_results/Dataset221_AutoPETIV/nnUNetTrainer__nnUNetPlans__3d_fullres \\\n"
+               "                        -i imagesTs -o predictions --folds 0 1 2 3 4 --lesions csv")
+    s.add_argument("-m", "--model", required=True, metavar="MODEL_DIR",
+                   help="nnU-Net v2 model folder (plans.json, dataset.json, fold_K/checkpoint_final.pth)")
+    s.add_argument("-i", "--input", required=True, metavar="INPUT", help="input folder (see above)")
+    s.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output folder (created)")
+    s.add_argument("-f", "--folds", nargs="+", metavar="K",
+                   help="folds to average (numbers or 'all'; default: every fold_K with the checkpoint)")
+    s.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name (default: %(default)s)")
+    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="mirroring test-time augmentation over the checkpoint's axes (default: on, as nnU-Net; "
+                        "--no-tta is 8x less work)")
+    s.add_argument("--step", type=float, default=0.5,
+                   help="tile step as a fraction of the patch (default 0.5, nnU-Net's; 1 = no overlap, fastest)")
+    s.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu")
+    s.add_argument("--precision", choices=("auto", "fp16", "bf16", "fp32"), default="auto",
+                   help="network precision (default auto: fp16 autocast on CUDA as nnU-Net, fp32 on the CPU)")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="network passes per forward call, mirrored copies included (default 8 on CUDA, 2 on CPU)")
+    s.add_argument("--lesions", choices=("csv", "json"), help="also write each case's lesion table")
+    s.add_argument("--probabilities", action="store_true", help="also write the softmax probabilities")
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_predict)
     for name, text in _PLANNED.items():
         s = sub.add_parser(name, help=f"(not yet available) {text}")
         s.set_defaults(func=_planned(name))

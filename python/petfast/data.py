@@ -300,11 +300,11 @@ def _write_json(path: Path, obj, overwrite: bool) -> None:
     _atomic_text(path, json.dumps(obj, indent=2) + "\n", overwrite)
 
 
-def _write_csv(path: Path, rows: list[dict], overwrite: bool) -> None:
+def _write_csv(path: Path, rows: list[dict], overwrite: bool, fields=None) -> None:
     import io as _io
 
     buf = _io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w = csv.DictWriter(buf, fieldnames=list(fields or rows[0]))
     w.writeheader()
     w.writerows(rows)
     _atomic_text(path, buf.getvalue(), overwrite)

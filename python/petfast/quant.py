@@ -16,6 +16,8 @@ import numpy as np
 
 from .components import _stats, _to_numpy, label
 
+LESION_COLUMNS = ("lesion", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg", "voxels", "centroid_mm",
+                  "hottest_voxel")
 PEAK_RADIUS_MM = (3.0 * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)  # a 1 ml sphere
 
 

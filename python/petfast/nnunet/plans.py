@@ -75,3 +75,80 @@ class Plans:
         for key in ("dropout_op_kwargs", "nonlin_kwargs"):
             kw.pop(key, None)
         return cls, kw
+
+
+# nnU-Net's map from channel name to normalisation (map_channel_name_to_normalization, case-insensitive).
+_SCHEME_BY_NAME = {"ct": "CTNormalization", "nonorm": "NoNormalization", "zscore": "ZScoreNormalization",
+                   "rescale_to_0_1": "RescaleTo01Normalization", "rgb_to_0_1": "RGBTo01Normalization"}
+
+# Foreground intensity statistics of the autoPET IV nnU-Net baseline plans (Dataset221), channel 0 = CT (HU).
+AUTOPET_CT_PROPERTIES = {"max": 3071.0, "min": -1024.0, "mean": 107.77672799269146, "median": 81.0,
+                         "percentile_00_5": -831.9483642578125, "percentile_99_5": 1127.5189013671843,
+                         "std": 286.1725548247846}
+# ... and channel 1 = PET (SUV). Z-scored channels do not use them, but nnU-Net expects an entry per channel.
+AUTOPET_PET_PROPERTIES = {"max": 100.0, "min": 0.0, "mean": 7.089671984867433, "median": 4.9,
+                          "percentile_00_5": 1.0438873767852783, "percentile_99_5": 51.595245361328125,
+                          "std": 8.01080984806995}
+
+
+def scheme_for(channel_name: str) -> str:
+    """The normalisation nnU-Net's planner assigns to a channel name ('CT' -> CTNormalization, ...)."""
+    return _SCHEME_BY_NAME.get(channel_name.lower(), "ZScoreNormalization")
+
+
+def make_plans(patch_size, spacing, features_per_stage, strides, *, architecture: str = "PlainConvUNet",
+               n_conv_per_stage=2, n_conv_per_stage_decoder=2, channel_names=None, intensity_properties=None,
+               dataset_name: str = "Dataset001_petfast", configuration: str = "3d_fullres", batch_size: int = 2,
+               median_shape=None) -> dict:
+    """A complete nnU-Net v2 plans dict (``architecture`` format) with one 3-D configuration.
+
+    patch_size, spacing (mm) and strides are in nnU-Net's axis order (z, y, x); ``strides`` has one
+    entry per stage (the first is normally (1, 1, 1)); kernels are 3x3x3. ``n_conv_per_stage`` is
+    per stage (convolutions, or residual blocks for ``ResidualEncoderUNet``). ``channel_names``
+    defaults to autoPET's ``{"0": "CT", "1": "PET"}`` and picks each channel's normalisation as
+    nnU-Net's planner does; ``intensity_properties`` (per channel index as a string) defaults to the
+    autoPET IV CT statistics for CT channels and its PET statistics for the others. Both nnU-Net's predictor and petfast load the result.
+    """
+    if architecture not in _KNOWN:
+        raise ValueError(f"architecture must be one of {_KNOWN}, got {architecture!r}")
+    channel_names = dict(channel_names or {"0": "CT", "1": "PET"})
+    n = len(features_per_stage)
+    if len(strides) != n:
+        raise ValueError(f"{len(strides)} strides for {n} stages")
+    per_stage = lambda v, k: list(v) if isinstance(v, (list, tuple)) else [int(v)] * k  # noqa: E731
+    schemes = [scheme_for(channel_names[str(c)]) for c in range(len(channel_names))]
+    props = dict(intensity_properties or {})
+    for c, s in enumerate(schemes):
+        if str(c) not in props:
+            if s == "CTNormalization" and channel_names[str(c)].lower() != "ct":
+                raise ValueError(f"channel {c} ({channel_names[str(c)]}) is CT-normalised: give its intensity_properties")
+            props[str(c)] = dict(AUTOPET_CT_PROPERTIES if s == "CTNormalization" else AUTOPET_PET_PROPERTIES)
+    kw = {"n_stages": n, "features_per_stage": list(features_per_stage),
+          "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * n,
+          "strides": [list(s) for s in strides],
+          ("n_conv_per_stage" if architecture == "PlainConvUNet" else "n_blocks_per_stage"): per_stage(n_conv_per_stage, n),
+          "n_conv_per_stage_decoder": per_stage(n_conv_per_stage_decoder, n - 1), "conv_bias": True,
+          "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+          "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+          "nonlin_kwargs": {"inplace": True}}
+    median = [float(s) for s in (median_shape or patch_size)]
+    resampling = {"resampling_fn_data": "resample_data_or_seg_to_shape",
+                  "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+                  "resampling_fn_seg": "resample_data_or_seg_to_shape",
+                  "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+                  "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                  "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                         "force_separate_z": None}}
+    conf = {"data_identifier": f"nnUNetPlans_{configuration}", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": int(batch_size), "patch_size": [int(p) for p in patch_size],
+            "median_image_size_in_voxels": median, "spacing": [float(s) for s in spacing],
+            "normalization_schemes": schemes, "use_mask_for_norm": [False] * len(schemes), **resampling,
+            "architecture": {"network_class_name": f"dynamic_network_architectures.architectures.unet.{architecture}",
+                             "arch_kwargs": kw, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+            "batch_dice": False}
+    return {"dataset_name": dataset_name, "plans_name": "nnUNetPlans",
+            "original_median_spacing_after_transp": [float(s) for s in spacing],
+            "original_median_shape_after_transp": [int(s) for s in median],
+            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+            "configurations": {configuration: conf}, "experiment_planner_used": "petfast",
+            "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": props}

@@ -1,0 +1,373 @@
+"""petfast.Predictor against nnU-Net's own nnUNetPredictor on the same model folder and cases.
+
+Two references: stock nnU-Net, which accumulates tiles in float16 (masks must agree to Dice >= 0.995),
+and nnU-Net with its accumulators switched to float32, which isolates everything else
+(preprocessing, tiles, Gaussian, mirroring, fold averaging, resampling, export): that must agree
+to float32 rounding.
+"""
+import functools
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import petfast  # noqa: E402
+from petfast import io  # noqa: E402
+from petfast.nnunet.model_folder import make_dataset_json, write_model_folder  # noqa: E402
+from petfast.nnunet.networks import build_network  # noqa: E402
+from petfast.nnunet.plans import make_plans  # noqa: E402
+
+from _testdata import SHARED  # noqa: E402
+
+PATCH = (32, 32, 32)
+SPACING = (3.0, 2.0364201068878174, 2.0364201068878174)  # autoPET's, (z, y, x)
+
+
+def tiny_plans(**kw):
+    return make_plans(PATCH, SPACING, [4, 8, 16], [[1, 1, 1], [2, 2, 2], [2, 2, 2]], **kw)
+
+
+def write_model(path, plans, dataset_json=None, folds=(0, 1), seed=0):
+    dataset_json = dataset_json or make_dataset_json()
+    torch.manual_seed(seed)
+    n_in, n_out = len(dataset_json["channel_names"]), len(dataset_json["labels"])
+    weights = {f: build_network(plans, "3d_fullres", n_in, n_out).state_dict() for f in folds}
+    return write_model_folder(path, plans, dataset_json, weights)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_model(tmp_path_factory.mktemp("model"), tiny_plans())
+
+
+def make_case(seed, shape_zyx=(36, 44, 40), channels=2):
+    """CT-like and PET-like channels (z, y, x) with a zero border, so the nonzero crop matters."""
+    rng = np.random.default_rng(seed)
+    img = np.stack([rng.normal(0, 300, shape_zyx), np.abs(rng.normal(1, 3, shape_zyx))][:channels]
+                   + [rng.normal(size=shape_zyx) for _ in range(channels - 2)]).astype(np.float32)
+    img[:, :, :3] = 0
+    img[:, -2:] = 0
+    return img
+
+
+def nnunet_predict(model_dir, img_zyx, spacing_zyx, folds, tta, float32_accumulation=False):
+    nnpred = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
+    p = nnpred.nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                               perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                               verbose_preprocessing=False, allow_tqdm=False)
+    p.initialize_from_trained_model_folder(str(model_dir), use_folds=folds, checkpoint_name="checkpoint_final.pth")
+    with pytest.MonkeyPatch.context() as mp:
+        if float32_accumulation:  # nnU-Net hard-codes float16 accumulators and Gaussian
+            mp.setattr(torch, "half", torch.float32)
+            mp.setattr(nnpred, "compute_gaussian",
+                       functools.partial(nnpred.compute_gaussian.__wrapped__, dtype=torch.float32))
+        seg, prob = p.predict_single_npy_array(img_zyx.copy(), {"spacing": list(spacing_zyx)}, None, None, True)
+    return seg, prob
+
+
+def petfast_predict(model_dir, img_zyx, spacing_zyx, folds, tta, **kw):
+    pred = petfast.Predictor.from_nnunet(model_dir, folds=folds, tta=tta, device="cpu", **kw)
+    mask, prob = pred.predict(img_zyx.transpose(0, 3, 2, 1), spacing=spacing_zyx[::-1], probabilities=True)
+    return mask.transpose(2, 1, 0), prob.transpose(0, 3, 2, 1)
+
+
+def dice(a, b):
+    a, b = a == 1, b == 1
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+CASES = [pytest.param(SPACING, id="no-resampling"), pytest.param((2.5, 2.4, 1.7), id="resampled")]
+
+
+@pytest.mark.parametrize("spacing", CASES)
+@pytest.mark.parametrize("folds,tta", [((0,), False), ((0, 1), True)])
+def test_matches_nnunet_with_float32_accumulation(model_dir, spacing, folds, tta):
+    img = make_case(1)
+    seg, prob = nnunet_predict(model_dir, img, spacing, folds, tta, float32_accumulation=True)
+    mask, ours = petfast_predict(model_dir, img, spacing, folds, tta)
+    print(f"largest probability difference {np.abs(ours - prob).max():.2e}")
+    assert mask.dtype == np.uint8 and mask.shape == img.shape[1:]
+    assert np.abs(ours - prob).max() < 1e-4
+    assert np.mean(mask == seg) > 0.9999
+    assert 0.05 < np.mean(seg == 1) < 0.95  # the network is not trivially constant
+
+
+@pytest.mark.parametrize("spacing", CASES)
+@pytest.mark.parametrize("folds,tta", [((0,), False), ((0,), True), ((0, 1), False), ((0, 1), True)])
+def test_matches_stock_nnunet(model_dir, spacing, folds, tta):
+    img = make_case(2)
+    seg, prob = nnunet_predict(model_dir, img, spacing, folds, tta)
+    mask, ours = petfast_predict(model_dir, img, spacing, folds, tta)
+    diff = np.abs(ours - prob)
+    print(f"Dice {dice(mask, seg):.5f}, probabilities: largest difference {diff.max():.3f}, "
+          f"99th percentile {np.percentile(diff, 99):.2e} (nnU-Net accumulates in float16)")
+    assert dice(mask, seg) >= 0.995
+    assert np.percentile(diff, 99) < 2e-2
+
+
+def test_preprocessing_matches_nnunet(tmp_path):
+    """Crop, CT and masked z-score normalisation, cubic resampling: nnU-Net's DefaultPreprocessor."""
+    pp = pytest.importorskip("nnunetv2.preprocessing.preprocessors.default_preprocessor")
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from petfast.nnunet import preprocess as pre
+
+    plans = tiny_plans()
+    plans["configurations"]["3d_fullres"]["use_mask_for_norm"] = [False, True]
+    img = make_case(3)
+    img[:, 10:14, 10:14, 10:14] = 0  # a hole inside the nonzero region: filled for the z-score mask
+    spacing = (2.5, 2.4, 1.7)
+    pm = PlansManager(plans)
+    ref, _, props = pp.DefaultPreprocessor(verbose=False).run_case_npy(
+        img.copy(), None, {"spacing": list(spacing)}, pm, pm.get_configuration("3d_fullres"), make_dataset_json())
+    pred = petfast.Predictor(
+        [build_network(plans, "3d_fullres", 2, 2)], plans, make_dataset_json(), device="cpu")
+    data, sp, box, shape = pred._preprocess([torch.from_numpy(c.T) for c in img], spacing[::-1])
+    assert [[b.start, b.stop] for b in box] == [list(b) for b in props["bbox_used_for_cropping"]]
+    data = pre.resize_image(data, pre.new_shape(data.shape[1:], sp, SPACING))
+    assert data.shape == ref.shape
+    np.testing.assert_allclose(data.numpy(), ref, atol=1e-4, rtol=1e-5)
+
+
+def test_transposed_plans_match_nnunet(tmp_path):
+    plans = tiny_plans()
+    plans["transpose_forward"], plans["transpose_backward"] = [1, 2, 0], [2, 0, 1]
+    model = write_model(tmp_path / "model", plans, folds=(0,))
+    img = make_case(4, (30, 44, 36))
+    spacing = (2.5, 2.4, 1.7)
+    seg, prob = nnunet_predict(model, img, spacing, (0,), False, float32_accumulation=True)
+    mask, ours = petfast_predict(model, img, spacing, (0,), False)
+    assert np.abs(ours - prob).max() < 1e-4 and np.mean(mask == seg) > 0.9999
+
+
+@pytest.mark.skipif(not (SHARED / "nnunet_plans").is_dir(), reason="../shared/data/nnunet_plans not present")
+def test_parity_on_plans_derived_from_the_autopet4_baseline(tmp_path):
+    """The real autoPET IV plans (4 channels: CT, then z-scored PET and two masks), shrunk to a tiny network."""
+    plans = json.loads((SHARED / "nnunet_plans" / "autopet4_task1_baseline_plans.json").read_text())
+    dataset_json = json.loads((SHARED / "nnunet_plans" / "autopet4_task1_baseline_dataset.json").read_text())
+    conf = plans["configurations"]["3d_fullres"]
+    conf["patch_size"] = list(PATCH)
+    kw = conf["architecture"]["arch_kwargs"]
+    kw.update(n_stages=3, features_per_stage=[4, 8, 16], kernel_sizes=[[3, 3, 3]] * 3,
+              strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=[2] * 3, n_conv_per_stage_decoder=[2] * 2)
+    model = write_model(tmp_path / "model", plans, dataset_json, folds=(0,))
+    img = make_case(5, channels=len(dataset_json["channel_names"]))
+    spacing = (2.0, 2.73, 2.73)  # a GE Discovery 690 PSMA grid: resampled to the plans' spacing
+    seg, prob = nnunet_predict(model, img, spacing, (0,), True, float32_accumulation=True)
+    mask, ours = petfast_predict(model, img, spacing, (0,), True)
+    assert np.abs(ours - prob).max() < 1e-4 and np.mean(mask == seg) > 0.9999
+
+
+# --- interfaces ----------------------------------------------------------------------------------
+
+def test_torch_and_channel_list_inputs(model_dir):
+    img = make_case(6).transpose(0, 3, 2, 1)
+    pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu")
+    ref = pred.predict(img, np.diag([2.0, 2.0, 3.0, 1.0]))
+    assert isinstance(ref, np.ndarray) and ref.shape == img.shape[1:]
+    assert set(pred.timings) == {"preprocess", "network", "export"}
+    out = pred.predict([torch.from_numpy(img[0]), torch.from_numpy(img[1]).double()], spacing=(2.0, 2.0, 3.0))
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.uint8
+    np.testing.assert_array_equal(out.numpy(), ref)
+    frozen = img.copy()
+    frozen.flags.writeable = False  # as petfast.io.load returns them
+    np.testing.assert_array_equal(pred.predict(frozen, spacing=(2.0, 2.0, 3.0)), ref)
+    np.testing.assert_array_equal(frozen, img)  # the input is never modified
+
+
+def test_step_and_batch_size_do_not_change_the_result(model_dir):
+    img = make_case(7).transpose(0, 3, 2, 1)
+    a = petfast.Predictor.from_nnunet(model_dir, tta=True, batch_size=1, device="cpu").predict(img, spacing=(2, 2, 3))
+    b = petfast.Predictor.from_nnunet(model_dir, tta=True, batch_size=16, device="cpu").predict(img, spacing=(2, 2, 3))
+    assert np.mean(a == b) > 0.9999
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(model_dir):
+    img = make_case(8, (60, 70, 64)).transpose(0, 3, 2, 1)
+    cpu = petfast.Predictor.from_nnunet(model_dir, folds=(0, 1), device="cpu")
+    gpu = petfast.Predictor.from_nnunet(model_dir, folds=(0, 1), device="cuda", precision="fp32")
+    for spacing in ((2.0, 2.0, 3.0), (1.7, 2.4, 2.5)):
+        m_cpu, p_cpu = cpu.predict(img, spacing=spacing, probabilities=True)
+        m_gpu, p_gpu = gpu.predict(torch.from_numpy(img).cuda(), spacing=spacing, probabilities=True)
+        assert m_gpu.is_cuda and np.mean(m_gpu.cpu().numpy() == m_cpu) > 0.9999
+        assert np.abs(p_gpu.cpu().numpy() - p_cpu).max() < 1e-3
+    half = petfast.Predictor.from_nnunet(model_dir, folds=(0, 1), device="cuda")  # fp16 autocast, as nnU-Net
+    assert dice(half.predict(img, spacing=(2.0, 2.0, 3.0)), cpu.predict(img, spacing=(2.0, 2.0, 3.0))) > 0.99
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+AFFINE = np.diag([-2.0364201068878174, 2.0364201068878174, 3.0, 1.0])  # autoPET's LAS grids
+
+
+def write_nnunet_case(folder, case, img_ijk, affine=AFFINE):
+    folder.mkdir(parents=True, exist_ok=True)
+    for c, ch in enumerate(img_ijk):
+        io.save(folder / f"{case}_{c:04d}.nii.gz", ch, affine)
+
+
+def test_predict_files_nnunet_folder(model_dir, tmp_path):
+    imgs = {f"fdg_{i}_study": make_case(10 + i, (30 + i, 40, 36)).transpose(0, 3, 2, 1) for i in range(3)}
+    for case, img in imgs.items():
+        write_nnunet_case(tmp_path / "in", case, [img[0].astype(np.int16), img[1]])
+    pred = petfast.Predictor.from_nnunet(model_dir, folds=(0, 1), tta=False, device="cpu")
+    rows = pred.predict_files(tmp_path / "in", tmp_path / "out", probabilities=True, lesions="csv", progress=False)
+    assert [r["case"] for r in rows] == sorted(imgs)
+    for case, img in imgs.items():
+        out = io.load(tmp_path / "out" / f"{case}.nii.gz")
+        np.testing.assert_allclose(out.affine, AFFINE)
+        assert out.data.dtype == np.uint8
+        expected = pred.predict([img[0].astype(np.int16), img[1]], AFFINE)
+        np.testing.assert_array_equal(out.data, expected)
+        probs = io.load(tmp_path / "out" / f"{case}_probabilities.nii.gz", ndim=4).data
+        assert probs.shape == img.shape[1:] + (2,)
+        np.testing.assert_array_equal(np.argmax(probs, -1), expected)
+        table = (tmp_path / "out" / f"{case}_lesions.csv").read_text().splitlines()
+        assert table[0].startswith("lesion,volume_ml,suv_max")
+        assert len(table) - 1 == petfast.label(expected != 0, 18)[1]
+
+
+def test_predict_files_autopet_studies(tmp_path):
+    from petfast.phantom import make_study
+
+    st = make_study("fdg", seed=3, scale=0.25)
+    # A 40 x 40 x 32 PET crop (through the body) and a model on the PET's own spacing keep this quick.
+    lo = np.array([30, 30, 40])
+    pet = np.ascontiguousarray(st.pet[lo[0]:lo[0] + 40, lo[1]:lo[1] + 40, lo[2]:lo[2] + 32])
+    pet_affine = st.pet_affine.copy()
+    pet_affine[:3, 3] += st.pet_affine[:3, :3] @ lo
+    spacing_zyx = tuple(np.linalg.norm(pet_affine[:3, :3], axis=0)[::-1])
+    model = write_model(tmp_path / "model", make_plans(PATCH, spacing_zyx, [4, 8], [[1, 1, 1], [2, 2, 2]]), folds=(0,))
+    study = tmp_path / "studies" / "patient1"
+    study.mkdir(parents=True)
+    io.save(study / "SUV.nii.gz", pet, pet_affine)
+    io.save(study / "CT.nii.gz", st.ct, st.ct_affine)  # raw CT on its own grid
+    pred = petfast.Predictor.from_nnunet(model, tta=False, device="cpu")
+    pred.predict_files(tmp_path / "studies", tmp_path / "out", lesions="json", progress=False)
+    ctres = petfast.resample_ct_to_pet(st.ct, st.ct_affine, pet.shape, pet_affine, order=3)
+    expected = pred.predict([ctres, pet], pet_affine)
+    np.testing.assert_array_equal(io.load(tmp_path / "out" / "patient1.nii.gz").data, expected)
+    table = json.loads((tmp_path / "out" / "patient1_lesions.json").read_text())
+    assert table["study"]["lesion_count"] == petfast.label(expected != 0, 18)[1]
+    # The same study with CTres.nii.gz, given as the study folder itself.
+    io.save(study / "CTres.nii.gz", ctres, pet_affine)
+    pred.predict_files(study, tmp_path / "out2", progress=False)
+    np.testing.assert_array_equal(io.load(tmp_path / "out2" / "patient1.nii.gz").data, expected)
+
+
+def test_existing_outputs_stop_the_run_before_any_work(model_dir, tmp_path):
+    for i in range(2):
+        write_nnunet_case(tmp_path / "in", f"case{i}", make_case(20 + i).transpose(0, 3, 2, 1))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "case1.nii.gz").write_bytes(b"mine")
+    pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu")
+    with pytest.raises(FileExistsError, match="case1.nii.gz"):
+        pred.predict_files(tmp_path / "in", tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case1.nii.gz"]
+    assert (tmp_path / "out" / "case1.nii.gz").read_bytes() == b"mine"
+    pred.predict_files(tmp_path / "in", tmp_path / "out", overwrite=True, progress=False)
+    assert io.load(tmp_path / "out" / "case1.nii.gz").data.dtype == np.uint8
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+def test_model_folder_errors(model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    with pytest.raises(FileNotFoundError, match="fold_3.*folds with checkpoint_final.pth: 0, 1"):
+        petfast.Predictor.from_nnunet(broken, folds=(3,))
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        petfast.Predictor.from_nnunet(tmp_path / "nowhere")
+    (broken / "fold_1" / "checkpoint_final.pth").write_bytes(b"\x80\x04 not a checkpoint")
+    with pytest.raises(ValueError, match="fold_1.*not a readable checkpoint"):
+        petfast.Predictor.from_nnunet(broken, folds=(0, 1))
+    plans = json.loads((broken / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = "my.nets.SwinUNETR"
+    (broken / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ValueError, match="unknown network architecture 'SwinUNETR'"):
+        petfast.Predictor.from_nnunet(broken)
+    (broken / "plans.json").unlink()
+    with pytest.raises(FileNotFoundError, match="plans.json"):
+        petfast.Predictor.from_nnunet(broken)
+    shutil.copy(model_dir / "plans.json", broken / "plans.json")
+    dj = make_dataset_json({"0": "CT", "1": "PET", "2": "MASK"})
+    (broken / "dataset.json").write_text(json.dumps(dj))
+    with pytest.raises(ValueError, match="normalise 2 channels but dataset.json names 3"):
+        petfast.Predictor.from_nnunet(broken)
+
+
+def test_checkpoint_that_does_not_fit_the_plans(tmp_path):
+    plans = tiny_plans(channel_names={"0": "CT", "1": "PET", "2": "MASK"})
+    torch.manual_seed(0)
+    weights = build_network(tiny_plans(), "3d_fullres", 2, 2).state_dict()  # trained with 2 channels
+    model = write_model_folder(tmp_path / "m", plans, make_dataset_json({"0": "CT", "1": "PET", "2": "MASK"}),
+                               {0: weights})
+    with pytest.raises(ValueError, match=r"encoder.stages.0.0.convs.0.conv.weight has shape \(4, 2, 3, 3, 3\)"):
+        petfast.Predictor.from_nnunet(model)
+
+
+def test_extra_heads_are_ignored_with_a_warning(model_dir, tmp_path):
+    from petfast.nnunet.model_folder import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(model_dir / "fold_0" / "checkpoint_final.pth")
+    weights = dict(ckpt["network_weights"])
+    weights["decoder.organ_seg_layers.0.weight"] = torch.zeros(10, 4, 1, 1, 1)
+    model = write_model_folder(tmp_path / "m", ckpt["init_args"]["plans"], ckpt["init_args"]["dataset_json"], {})
+    (model / "fold_0").mkdir()
+    save_checkpoint(model / "fold_0" / "checkpoint_final.pth", weights, ckpt["init_args"]["plans"],
+                    ckpt["init_args"]["dataset_json"], "3d_fullres", 0)
+    with pytest.warns(UserWarning, match=r"ignored 1 checkpoint entries .*decoder.organ_seg_layers"):
+        pred = petfast.Predictor.from_nnunet(model, tta=False)
+    img = make_case(30).transpose(0, 3, 2, 1)
+    ref = petfast.Predictor.from_nnunet(model_dir, tta=False).predict(img, spacing=(2, 2, 3))
+    np.testing.assert_array_equal(pred.predict(img, spacing=(2, 2, 3)), ref)
+
+
+def test_bad_cases(model_dir, tmp_path):
+    pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu")
+    img = make_case(31).transpose(0, 3, 2, 1)
+    with pytest.raises(ValueError, match=r"takes 2 channels \(CT, PET\), got 3"):
+        pred.predict(np.concatenate([img, img[:1]]), spacing=(2, 2, 3))
+    with pytest.raises(ValueError, match="share one grid"):
+        pred.predict([img[0], img[1][:-1]], spacing=(2, 2, 3))
+    with pytest.raises(ValueError, match="affine or its spacing"):
+        pred.predict(img)
+    with pytest.raises(ValueError, match="spacing must be 3 positive"):
+        pred.predict(img, spacing=(2, 0, 3))
+    bad = img.copy()
+    bad[1, 5, 5, 5] = np.nan
+    with pytest.raises(ValueError, match=r"channel 1 \(PET\) contains NaN"):
+        pred.predict(bad, spacing=(2, 2, 3))
+    # Files: a PET on another grid than the CT, and a missing channel file.
+    write_nnunet_case(tmp_path / "in", "case0", img)
+    io.save(tmp_path / "in" / "case0_0001.nii.gz", img[1], np.diag([2.0, 2.0, 3.5, 1.0]), overwrite=True)
+    with pytest.raises(ValueError, match="case0_0001.nii.gz"):
+        pred.predict_files(tmp_path / "in", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "case0.nii.gz").exists()
+    (tmp_path / "in" / "case0_0001.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="case0 lacks case0_0001.nii.gz"):
+        pred.predict_files(tmp_path / "in", tmp_path / "out", progress=False)
+    with pytest.raises(FileNotFoundError, match="no cases"):
+        pred.predict_files(tmp_path / "out", tmp_path / "out2", progress=False)
+
+
+def test_cli_predict(model_dir, tmp_path, capsys):
+    from petfast.cli import main
+
+    write_nnunet_case(tmp_path / "in", "caseA", make_case(40).transpose(0, 3, 2, 1))
+    rc = main(["predict", "-m", str(model_dir), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+               "--no-tta", "--folds", "0", "1", "--device", "cpu", "--lesions", "csv", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "2 fold(s)" in out and "TTA off" in out and "caseA" in out and "cases/min" in out
+    assert (tmp_path / "out" / "caseA.nii.gz").exists() and (tmp_path / "out" / "caseA_lesions.csv").exists()
+    rc = main(["predict", "-m", str(model_dir), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--quiet"])
+    assert rc == 1 and "--overwrite" in capsys.readouterr().err
+    rc = main(["predict", "-m", str(tmp_path / "none"), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "o")])
+    assert rc == 1 and "no such model folder" in capsys.readouterr().err
