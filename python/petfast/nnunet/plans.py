@@ -152,3 +152,24 @@ def make_plans(patch_size, spacing, features_per_stage, strides, *, architecture
             "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
             "configurations": {configuration: conf}, "experiment_planner_used": "petfast",
             "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": props}
+
+
+AUTOPET_SPACING = (3.0, 2.0364201068878174, 2.0364201068878174)  # (z, y, x) mm: the FDG (Biograph mCT) PET grid
+
+# Network presets, all on autoPET's spacing. 'default' is the autoPET IV nnU-Net baseline's 3d_fullres
+# (PlainConvUNet, 30.8 M parameters); 'small' is a 5-stage network petfast trains on a CPU in minutes;
+# 'tiny' is for tests.
+PRESETS = {
+    "default": dict(patch_size=(112, 160, 128), features_per_stage=[32, 64, 128, 256, 320, 320],
+                    strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]),
+    "small": dict(patch_size=(64, 96, 96), features_per_stage=[8, 16, 32, 64, 96],
+                  strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]),
+    "tiny": dict(patch_size=(32, 32, 32), features_per_stage=[4, 8, 16], strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]]),
+}
+
+
+def preset_plans(name: str, spacing=AUTOPET_SPACING, **kw) -> dict:
+    """:func:`make_plans` for a preset of :data:`PRESETS`; ``kw`` overrides or extends it."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return make_plans(spacing=spacing, **{**PRESETS[name], **kw})
