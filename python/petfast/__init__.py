@@ -8,7 +8,6 @@ import os as _os
 
 from . import _C
 from .components import component_stats, label, remove_small
-from .predictor import Predictor
 from .resample import resample, resample_ct_to_pet
 from . import metrics, patches, quant  # noqa: E402  (submodules of the public API)
 
@@ -62,3 +61,11 @@ def _default_threads() -> int:
 
 
 _C.set_num_threads(_default_threads())
+
+
+def __getattr__(name):  # torch is imported only when the Predictor is used
+    if name == "Predictor":
+        from .predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'petfast' has no attribute {name!r}")

@@ -9,12 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-# Subcommands whose implementation arrives in a later release; listed so that --help shows the plan.
-_PLANNED = {
-    "train": "train a model on GPU-sampled patches",
-}
-
-
 def _info(args) -> int:
     import petfast
     from petfast import _C
@@ -204,12 +198,18 @@ def _predict(args) -> int:
     return 0
 
 
-def _planned(name):
-    def run(args) -> int:
-        print(f"petfast {name}: not available in this version yet ({_PLANNED[name]}).", file=sys.stderr)
-        return 2
+def _train(args) -> int:
+    from .train import TrainingOptions, train
 
-    return run
+    options = TrainingOptions(epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
+                              val_every=args.val_every, save_every=args.save_every, seed=args.seed,
+                              max_val_cases=args.max_val_cases)
+    t0 = time.perf_counter()
+    out = train(args.dataset, args.fold, args.out, plans=args.plans, preset=args.preset, options=options,
+                device=args.device, resume=not args.restart, progress=not args.quiet)
+    print(f"trained fold {args.fold} in {time.perf_counter() - t0:.0f} s -> {out} "
+          f"(use it with: petfast predict -m {out} -f {args.fold} -i INPUT -o OUTPUT)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,9 +306,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_predict)
-    for name, text in _PLANNED.items():
-        s = sub.add_parser(name, help=f"(not yet available) {text}")
-        s.set_defaults(func=_planned(name))
+    s = sub.add_parser(
+        "train", help="train a model (nnU-Net v2 format) on patches sampled on the GPU",
+        description="Train one fold of DATASET (nnU-Net layout with splits_final.json, e.g. from 'petfast phantom') "
+                    "with nnU-Net's recipe (Dice + cross-entropy with deep supervision, SGD with Nesterov momentum, "
+                    "poly learning rate, mirroring/rotation/scaling/intensity augmentation, float16 on CUDA). "
+                    "Patches are cut and augmented on the device from cases preprocessed once and held in memory. "
+                    "OUT becomes an nnU-Net v2 model folder that both 'petfast predict' and nnUNetv2_predict load. "
+                    "Rerunning the same command resumes from fold_K/checkpoint_latest.pth. Several GPUs: "
+                    "torchrun --nproc_per_node N -m petfast train ...")
+    s.add_argument("dataset", metavar="DATASET", help="dataset folder (imagesTr, labelsTr, dataset.json, splits_final.json)")
+    s.add_argument("--fold", type=int, default=0, help="fold of splits_final.json (default 0)")
+    s.add_argument("-o", "--out", required=True, metavar="OUT", help="model folder to write")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--plans", metavar="PLANS_JSON", help="use this nnU-Net plans.json (its 3d_fullres configuration)")
+    g.add_argument("--preset", choices=("small", "default", "tiny"), default="small",
+                   help="network preset on the dataset's median spacing (default small; default = autoPET IV "
+                        "baseline's 30.8 M-parameter network, for GPUs)")
+    s.add_argument("--epochs", type=int, default=100, help="default 100 (nnU-Net: 1000)")
+    s.add_argument("--iterations", type=int, default=250, help="iterations per epoch (default 250, as nnU-Net)")
+    s.add_argument("--batch-size", type=int, default=2, help="patches per iteration and process (default 2)")
+    s.add_argument("--lr", type=float, default=1e-2, help="initial learning rate (default 0.01)")
+    s.add_argument("--val-every", type=int, default=10, help="validate every N epochs (default 10; 0 = at the end)")
+    s.add_argument("--save-every", type=int, default=10, help="write checkpoint_latest.pth every N epochs (default 10)")
+    s.add_argument("--max-val-cases", type=int, default=None, help="validate on at most this many cases")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    s.add_argument("--restart", action="store_true", help="ignore an existing checkpoint_latest.pth")
+    s.add_argument("--quiet", action="store_true", help="no progress bars or log lines on the terminal")
+    s.set_defaults(func=_train)
     return p
 
 

@@ -125,12 +125,18 @@ class UNetDecoder(nn.Module):
             heads.append(nn.Conv3d(skip, num_classes, 1, 1, 0, bias=True))
         # Registration order as dynamic_network_architectures, so state dicts list keys identically.
         self.stages, self.transpconvs, self.seg_layers = nn.ModuleList(stages), nn.ModuleList(transp), nn.ModuleList(heads)
+        self.deep_supervision = False
 
     def forward(self, skips):
+        """Full-resolution logits; with ``deep_supervision`` the logits of every decoder stage, the
+        full resolution first (as dynamic_network_architectures)."""
         x = skips[-1]
+        outputs = []
         for s in range(len(self.stages)):
             x = self.stages[s](torch.cat((self.transpconvs[s](x), skips[-(s + 2)]), 1))
-        return self.seg_layers[-1](x)
+            if self.deep_supervision:
+                outputs.append(self.seg_layers[s](x))
+        return outputs[::-1] if self.deep_supervision else self.seg_layers[-1](x)
 
 
 class _UNet(nn.Module):

@@ -162,7 +162,7 @@ AUTOPET_SPACING = (3.0, 2.0364201068878174, 2.0364201068878174)  # (z, y, x) mm:
 PRESETS = {
     "default": dict(patch_size=(112, 160, 128), features_per_stage=[32, 64, 128, 256, 320, 320],
                     strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]),
-    "small": dict(patch_size=(64, 96, 96), features_per_stage=[8, 16, 32, 64, 96],
+    "small": dict(patch_size=(48, 80, 80), features_per_stage=[8, 16, 32, 64, 96],
                   strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]),
     "tiny": dict(patch_size=(32, 32, 32), features_per_stage=[4, 8, 16], strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]]),
 }

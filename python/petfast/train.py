@@ -1,0 +1,354 @@
+"""Training nnU-Net v2 networks on patches sampled and augmented on the device.
+
+:func:`train` follows nnU-Net's default trainer where it matters for the result:
+
+* Cases are preprocessed once as at inference (crop, normalise, resize to the plans' spacing; the
+  :class:`~petfast.Predictor`'s own code) and kept in memory on the training device, so patches are
+  cut there by petfast's tile kernel (:class:`~petfast.patches.PatchSampler`: one third of each batch
+  centred on foreground, nnU-Net's rule) with no CPU data-loading workers.
+* Augmentation on the device, per sample: rotation (U(-30, 30) degrees about each axis, p 0.2) and
+  scaling (U(0.7, 1.4), p 0.2) by one ``grid_sample`` (labels nearest), then mirroring, brightness,
+  contrast and noise (:func:`~petfast.patches.augment`).
+* Loss: cross-entropy + soft Dice (foreground classes, per sample, smooth 1e-5) on every decoder
+  output (deep supervision; weights 1/2^i normalised, the coarsest 0), targets downsampled by
+  nearest neighbour. Padding (label -1) counts as background, as nnU-Net.
+* SGD, Nesterov momentum 0.99, weight decay 3e-5, learning rate 1e-2 x (1 - epoch/epochs)^0.9,
+  gradients clipped at norm 12, float16 autocast with a gradient scaler on CUDA.
+* Every ``val_every`` epochs the fold's validation cases are segmented whole with the sliding
+  window (no mirroring) and scored with :func:`petfast.metrics.autopet` (Dice, false positive and
+  false negative volume); the exponential moving average of the Dice (0.9) picks ``checkpoint_best``.
+* Output: an nnU-Net v2 model folder (plans.json, dataset.json, ``fold_K/checkpoint_final.pth``,
+  ``checkpoint_latest.pth`` every ``save_every`` epochs, ``checkpoint_best.pth``,
+  ``training_log.txt``), loadable by ``nnUNetPredictor`` and :class:`~petfast.Predictor`. An
+  interrupted run resumes from ``checkpoint_latest.pth`` with the same random state, so it ends
+  where an uninterrupted run would.
+* Several GPUs (or CPU processes): start it with ``torchrun --nproc_per_node N -m petfast train ...``;
+  each process samples its own patches and DistributedDataParallel averages the gradients; rank 0
+  validates and writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+from .data import Dataset
+from .nnunet import preprocess as pre
+from .nnunet.model_folder import load_checkpoint, make_dataset_json, save_checkpoint
+from .nnunet.networks import build_network
+from .nnunet.plans import AUTOPET_CT_PROPERTIES, AUTOPET_PET_PROPERTIES, Plans, preset_plans
+from .patches import PatchSampler, augment
+
+
+@dataclass
+class TrainingOptions:
+    """Options of :func:`train` (nnU-Net's defaults are 1000 epochs of 250 iterations)."""
+
+    epochs: int = 100
+    iterations: int = 250  # per epoch
+    batch_size: int = 2
+    lr: float = 1e-2
+    weight_decay: float = 3e-5
+    val_every: int = 10  # epochs; 0 = only at the end
+    save_every: int = 10  # epochs
+    seed: int = 0
+    max_val_cases: int | None = None
+
+
+def fingerprint(dataset: Dataset, case_ids, seed: int = 1234) -> tuple[tuple, dict]:
+    """Median spacing (z, y, x) and per-channel foreground intensity statistics, as nnU-Net's
+    fingerprint (up to 10000 lesion voxels per case; autoPET's values where there are no lesions)."""
+    rng = np.random.default_rng(seed)
+    spacings, values = [], [[], []]
+    for cid in case_ids:
+        st = dataset.load(cid)
+        spacings.append(st.spacing[::-1])
+        if st.label is not None and np.any(st.label):
+            idx = np.flatnonzero(np.asarray(st.label).ravel(order="F"))
+            idx = rng.choice(idx, min(len(idx), 10000), replace=False)
+            for c, img in enumerate((st.ct, st.pet)):
+                values[c].append(np.asarray(img).ravel(order="F")[idx].astype(np.float64))
+    props = {}
+    for c, default in enumerate((AUTOPET_CT_PROPERTIES, AUTOPET_PET_PROPERTIES)):
+        v = np.concatenate(values[c]) if values[c] else None
+        props[str(c)] = dict(default) if v is None else {
+            "max": float(v.max()), "min": float(v.min()), "mean": float(v.mean()), "median": float(np.median(v)),
+            "percentile_00_5": float(np.percentile(v, 0.5)), "percentile_99_5": float(np.percentile(v, 99.5)),
+            "std": float(v.std())}
+    return tuple(float(s) for s in np.median(np.asarray(spacings), axis=0)), props
+
+
+def deep_supervision_weights(n: int) -> list[float]:
+    w = [1 / 2**i for i in range(n)]
+    if n > 1:
+        w[-1] = 0.0
+    total = sum(w)
+    return [x / total for x in w]
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's DC_and_CE_loss: cross-entropy + (1 - soft Dice over foreground classes, per sample)
+    with smooth 1e-5 (returned as CE - Dice, as nnU-Net, so it can go below 0)."""
+    logits = logits.float()
+    t = target[:, 0].long()
+    ce = F.cross_entropy(logits, t)
+    probs = torch.softmax(logits, 1)[:, 1:]
+    onehot = torch.stack([t == k for k in range(1, logits.shape[1])], 1).float()
+    axes = tuple(range(2, logits.ndim))
+    inter = (probs * onehot).sum(axes)
+    denom = probs.sum(axes) + onehot.sum(axes)
+    dice = (2 * inter + 1e-5) / (denom + 1e-5).clamp_min(1e-8)
+    return ce - dice.mean()
+
+
+def deep_supervision_loss(outputs, target: torch.Tensor) -> torch.Tensor:
+    loss = 0.0
+    for w, out in zip(deep_supervision_weights(len(outputs)), outputs):
+        if w == 0:  # kept in the graph at no cost, so DistributedDataParallel sees every parameter used
+            loss = loss + 0.0 * out.sum()
+            continue
+        t = target if out.shape[2:] == target.shape[2:] else \
+            F.interpolate(target.float(), size=out.shape[2:], mode="nearest-exact").to(target.dtype)
+        loss = loss + w * dice_ce_loss(out, t)
+    return loss
+
+
+def spatial_augment(images: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator, p_rotation: float = 0.2,
+                    p_scale: float = 0.2, max_angle: float = math.pi / 6, scale=(0.7, 1.4)):
+    """Rotation and scaling of each sample about the patch centre in one ``grid_sample`` (trilinear
+    for images with 0 outside, nearest for labels), in place on the batch's device."""
+    for j in range(images.shape[0]):
+        m = np.eye(3)
+        if rng.random() < p_rotation:
+            for axis, angle in enumerate(rng.uniform(-max_angle, max_angle, 3)):
+                c, s = math.cos(angle), math.sin(angle)
+                r = np.eye(3)
+                a, b = [i for i in range(3) if i != axis]
+                r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
+                m = r @ m
+        if rng.random() < p_scale:
+            m = m / rng.uniform(*scale)  # sampling coordinates shrink: the content grows
+        if np.allclose(m, np.eye(3)):
+            continue
+        theta = torch.zeros((1, 3, 4), dtype=torch.float32, device=images.device)
+        theta[0, :, :3] = torch.from_numpy(m[::-1, ::-1].copy())  # affine_grid's coordinates are (x, y, z)
+        grid = F.affine_grid(theta, (1, 1, *images.shape[2:]), align_corners=False)
+        images[j] = F.grid_sample(images[j:j + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        labels[j] = F.grid_sample(labels[j:j + 1].float(), grid, mode="nearest", padding_mode="zeros",
+                                  align_corners=False)[0].to(labels.dtype)
+    return images, labels
+
+
+class _Log:
+    def __init__(self, path: Path | None, quiet: bool):
+        self.path, self.quiet = path, quiet
+
+    def __call__(self, msg: str):
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {msg}"
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        if not self.quiet:
+            print(line, flush=True)
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _validate(predictor, dataset: Dataset, val_ids) -> dict:
+    rows = []
+    for cid in val_ids:
+        st = dataset.load(cid)
+        mask = predictor.predict([st.ct, st.pet], st.affine)
+        rows.append(metrics.autopet(st.label if st.label is not None else np.zeros_like(mask), mask,
+                                    float(np.prod(st.spacing)) / 1000.0))
+    return metrics.aggregate(rows)
+
+
+def train(dataset, fold: int, out, plans=None, preset: str = "small", options: TrainingOptions | None = None,
+          device=None, resume: bool = True, progress: bool = True) -> Path:
+    """Train fold ``fold`` of ``dataset`` (nnU-Net layout with splits_final.json) into the model
+    folder ``out``; returns ``out``. ``plans``: an nnU-Net plans.json (path or dict) to use as is;
+    otherwise ``preset`` ('small', 'default', 'tiny') on the training cases' median spacing, with CT
+    statistics from their lesion voxels. See the module notes for the recipe."""
+    from .predictor import Predictor, _default_device
+
+    options = options or TrainingOptions()
+    dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    train_ids, val_ids = dataset.fold(fold)
+    if not train_ids:
+        raise ValueError(f"fold {fold} of {dataset.root} has no training cases")
+    if options.max_val_cases is not None:
+        val_ids = val_ids[:options.max_val_cases]
+    rank, world = _distributed()
+    if device is None:
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if _default_device().type == "cuda" \
+            else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    out = Path(out)
+    fold_dir = out / f"fold_{fold}"
+    latest = fold_dir / "checkpoint_latest.pth"
+    dataset_json = make_dataset_json({str(k): v for k, v in dataset.channels.items()}, dataset.meta.get("labels"),
+                                     len(dataset.cases), dataset.file_ending)
+    if resume and latest.is_file():
+        state = load_checkpoint(latest)
+        plans = state["init_args"]["plans"]
+    else:
+        state = None
+        if plans is None:
+            spacing, props = fingerprint(dataset, train_ids)
+            plans = preset_plans(preset, spacing=spacing, channel_names=dataset_json["channel_names"],
+                                 intensity_properties=props, dataset_name=dataset.root.name)
+        elif not isinstance(plans, dict):
+            plans = Plans(plans).raw
+    configuration = "3d_fullres" if "3d_fullres" in plans["configurations"] else next(iter(plans["configurations"]))
+    n_in, n_out = len(dataset_json["channel_names"]), len(dataset_json["labels"])
+    torch.manual_seed(options.seed)
+    net = build_network(plans, configuration, n_in, n_out).to(device)
+    predictor = Predictor([net], plans, dataset_json, configuration, mirror_axes=(), device=device, tta=False)
+    if rank == 0:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        for name, obj in (("plans.json", plans), ("dataset.json", dataset_json)):
+            (out / name).write_text(json.dumps(obj, indent=2))
+    log = _Log(fold_dir / "training_log.txt" if rank == 0 else None, quiet=not progress or rank != 0)
+
+    # Cases preprocessed once, kept on the device.
+    cases = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for cid in train_ids:
+            st = dataset.load(cid)
+            if st.label is None:
+                raise ValueError(f"{cid}: training needs labelsTr/{cid}{dataset.file_ending}")
+            image, label = _preprocess_training_case(predictor, st)
+            cases.append((image, label))
+    log(f"{len(cases)} training cases preprocessed in {time.perf_counter() - t0:.1f} s "
+        f"({sum(c[0].numel() for c in cases) * 4 / 2**30:.2f} GiB on {device}); {len(val_ids)} validation cases; "
+        f"{world} process(es)")
+
+    patch = predictor.patch_size
+    sampler = PatchSampler(cases, patch, options.batch_size, seed=options.seed * 1000 + rank)
+    rng = np.random.default_rng([options.seed, rank])
+    opt = torch.optim.SGD(net.parameters(), options.lr, momentum=0.99, nesterov=True, weight_decay=options.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    logging = {"train_losses": [], "lrs": [], "mean_fg_dice": [], "ema_fg_dice": [], "val_fp_volume_ml": [],
+               "val_fn_volume_ml": [], "epoch_start_timestamps": [], "epoch_end_timestamps": []}
+    start, best_ema = 0, None
+    if state is not None:
+        net.load_state_dict(state["network_weights"])
+        opt.load_state_dict(state["optimizer_state"])
+        if scaler is not None and state.get("grad_scaler_state"):
+            scaler.load_state_dict(state["grad_scaler_state"])
+        logging.update(state["logging"])
+        start, best_ema = int(state["current_epoch"]), state.get("_best_ema")
+        sampler.rng.bit_generator.state = state["petfast_rng"]["sampler"]
+        rng.bit_generator.state = state["petfast_rng"]["augment"]
+        torch.set_rng_state(state["petfast_rng"]["torch"])
+        log(f"resumed from {latest} at epoch {start}")
+    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    net.decoder.deep_supervision = True
+    mirror_axes = (0, 1, 2)
+
+    def checkpoint(path, epoch):
+        save_checkpoint(path, net.state_dict(), plans, dataset_json, configuration, fold, mirror_axes, overwrite=True,
+                        optimizer_state=opt.state_dict(),
+                        grad_scaler_state=scaler.state_dict() if scaler is not None else None,
+                        logging=logging, current_epoch=epoch, _best_ema=best_ema,
+                        petfast_rng={"sampler": sampler.rng.bit_generator.state,
+                                     "augment": rng.bit_generator.state, "torch": torch.get_rng_state()},
+                        petfast_options=asdict(options))
+
+    for epoch in range(start, options.epochs):
+        lr = options.lr * (1 - epoch / options.epochs) ** 0.9
+        for g in opt.param_groups:
+            g["lr"] = lr
+        logging["epoch_start_timestamps"].append(time.time())
+        net.train()
+        net.decoder.deep_supervision = True
+        losses = []
+        steps = range(options.iterations)
+        if progress and rank == 0:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=f"epoch {epoch + 1}/{options.epochs}", unit="it", leave=False)
+        for _ in steps:
+            images, labels = next(sampler)
+            labels.clamp_(min=0)  # padding (-1) is background
+            images, labels = spatial_augment(images, labels, rng)
+            images, labels = augment(images, labels, rng, mirror_axes)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
+                loss = deep_supervision_loss(model(images), labels)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+                opt.step()
+            losses.append(float(loss.detach()))
+        logging["train_losses"].append(float(np.mean(losses)))
+        logging["lrs"].append(lr)
+        msg = f"epoch {epoch + 1}/{options.epochs}: train loss {logging['train_losses'][-1]:.4f}, lr {lr:.5f}"
+        last = epoch + 1 == options.epochs
+        if rank == 0 and val_ids and (last or (options.val_every and (epoch + 1) % options.val_every == 0)):
+            net.decoder.deep_supervision = False
+            net.eval()
+            summary = _validate(predictor, dataset, val_ids)
+            dice = summary["dice_mean"] if not math.isnan(summary["dice_mean"]) else 0.0
+            ema = dice if not logging["ema_fg_dice"] else 0.9 * logging["ema_fg_dice"][-1] + 0.1 * dice
+            logging["mean_fg_dice"].append(dice)
+            logging["ema_fg_dice"].append(ema)
+            logging["val_fp_volume_ml"].append(summary["fp_volume_ml_mean"])
+            logging["val_fn_volume_ml"].append(summary["fn_volume_ml_mean"])
+            msg += (f"; validation Dice {dice:.4f} (EMA {ema:.4f}), FPV {summary['fp_volume_ml_mean']:.2f} ml, "
+                    f"FNV {summary['fn_volume_ml_mean']:.2f} ml")
+            if best_ema is None or ema > best_ema:
+                best_ema = ema
+                net.decoder.deep_supervision = False
+                checkpoint(fold_dir / "checkpoint_best.pth", epoch + 1)
+        logging["epoch_end_timestamps"].append(time.time())
+        if rank == 0 and (last or (options.save_every and (epoch + 1) % options.save_every == 0)):
+            checkpoint(latest, epoch + 1)
+        log(msg + f" ({logging['epoch_end_timestamps'][-1] - logging['epoch_start_timestamps'][-1]:.1f} s)")
+    net.decoder.deep_supervision = False
+    if rank == 0:
+        checkpoint(fold_dir / "checkpoint_final.pth", options.epochs)
+        log(f"done: {fold_dir / 'checkpoint_final.pth'}")
+    if world > 1:
+        torch.distributed.barrier()
+    return out
+
+
+def _preprocess_training_case(predictor, st) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image float32 (C, z, y, x), label int16 (z, y, x)) on the predictor's device, as at inference."""
+    channels, _, _ = predictor._channels([st.ct, st.pet])
+    image, sp, box, _ = predictor._preprocess(channels, st.spacing)
+    lab = torch.from_numpy(np.ascontiguousarray(st.label)).to(predictor.device)
+    lab = lab.permute(2, 1, 0).permute(*predictor.transpose_forward)[box]
+    target = pre.new_shape(image.shape[1:], sp, predictor.spacing)
+    if target != tuple(image.shape[1:]):
+        axis = pre.separate_axis(sp, predictor.spacing)
+        image = pre.resize_image(image, target, axis)
+        onehot = torch.stack([lab == k for k in range(predictor.num_classes)]).float()
+        lab = pre.resize_logits(onehot, target, axis).argmax(0)  # nnU-Net: per-label linear, then the largest
+    return image.contiguous(), lab.to(torch.int16).contiguous()

@@ -1,0 +1,137 @@
+"""petfast.train: loss against nnU-Net's, learning, checkpoints nnU-Net loads, exact resume, DDP on gloo."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import petfast  # noqa: E402
+from petfast.data import write_phantom_dataset  # noqa: E402
+from petfast.nnunet.model_folder import load_checkpoint  # noqa: E402
+from petfast.train import TrainingOptions, _Log, deep_supervision_weights, dice_ce_loss, spatial_augment, train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_phantom_dataset(tmp_path_factory.mktemp("ds") / "phantoms", cases=5, tracer="fdg", seed=7, scale=0.2)
+
+
+def quick(**kw):
+    return TrainingOptions(**{"epochs": 2, "iterations": 3, "val_every": 0, "save_every": 1, "seed": 3, **kw})
+
+
+def test_loss_equals_nnunet(rng):
+    compound = pytest.importorskip("nnunetv2.training.loss.compound_losses")
+    dice = pytest.importorskip("nnunetv2.training.loss.dice")
+    ref = compound.DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                                  weight_ce=1, weight_dice=1, ignore_label=None,
+                                  dice_class=dice.MemoryEfficientSoftDiceLoss)
+    logits = torch.from_numpy(rng.normal(size=(2, 3, 6, 7, 8)).astype(np.float32))
+    target = torch.from_numpy(rng.integers(0, 3, (2, 1, 6, 7, 8)))
+    torch.testing.assert_close(dice_ce_loss(logits, target), ref(logits, target), rtol=1e-5, atol=1e-6)
+    assert deep_supervision_weights(4) == pytest.approx([8 / 14, 4 / 14, 2 / 14, 0.0])
+
+
+def test_spatial_augment_moves_content_and_keeps_labels_binary(rng):
+    img = torch.zeros(1, 1, 24, 24, 24)
+    img[0, 0, 8:16, 4:20, 10:14] = 1
+    lab = img.clone().to(torch.int16)
+    a, b = spatial_augment(img.clone(), lab.clone(), rng, p_rotation=1.0, p_scale=0.0)
+    assert set(torch.unique(b).tolist()) <= {0, 1}
+    assert not torch.equal(b, lab)  # rotated
+    assert abs(int(b.sum()) - int(lab.sum())) < 0.25 * int(lab.sum())  # a rotation keeps the volume
+    assert torch.equal(spatial_augment(img.clone(), lab.clone(), rng, 0.0, 0.0)[1], lab)
+
+
+def test_training_lowers_the_loss_and_writes_a_model_nnunet_loads(dataset, tmp_path):
+    out = train(dataset, 0, tmp_path / "model", preset="tiny", options=quick(epochs=4, iterations=8, val_every=4),
+                device="cpu", progress=False)
+    ckpt = load_checkpoint(out / "fold_0" / "checkpoint_final.pth")
+    losses = ckpt["logging"]["train_losses"]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    assert len(ckpt["logging"]["mean_fg_dice"]) == 1  # validated once, after the last epoch
+    assert (out / "fold_0" / "checkpoint_best.pth").is_file() and (out / "fold_0" / "training_log.txt").is_file()
+    assert "validation Dice" in (out / "fold_0" / "training_log.txt").read_text()
+    # nnU-Net's own predictor loads the folder and agrees with petfast's.
+    nnpred = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
+    p = nnpred.nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False, device=torch.device("cpu"),
+                               allow_tqdm=False)
+    p.initialize_from_trained_model_folder(str(out), use_folds=(0,), checkpoint_name="checkpoint_final.pth")
+    ds = petfast.data.Dataset(dataset)
+    st = ds.load(ds.fold(0)[1][0])
+    img = np.stack([st.ct, st.pet]).astype(np.float32).transpose(0, 3, 2, 1)
+    seg = p.predict_single_npy_array(img, {"spacing": list(st.spacing[::-1])}, None, None, False)
+    ours = petfast.Predictor.from_nnunet(out, tta=False, device="cpu").predict([st.ct, st.pet], st.affine)
+    assert np.mean(seg.transpose(2, 1, 0) == ours) > 0.999
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(dataset, tmp_path, monkeypatch):
+    straight = load_checkpoint(train(dataset, 0, tmp_path / "a", preset="tiny", options=quick(), device="cpu",
+                                     progress=False) / "fold_0" / "checkpoint_final.pth")
+    log = _Log.__call__
+
+    def interrupt(self, msg):
+        log(self, msg)
+        if msg.startswith("epoch 1/2"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_Log, "__call__", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, 0, tmp_path / "b", preset="tiny", options=quick(), device="cpu", progress=False)
+    assert not (tmp_path / "b" / "fold_0" / "checkpoint_final.pth").exists()
+    assert load_checkpoint(tmp_path / "b" / "fold_0" / "checkpoint_latest.pth")["current_epoch"] == 1
+    monkeypatch.setattr(_Log, "__call__", log)
+    resumed = load_checkpoint(train(dataset, 0, tmp_path / "b", preset="tiny", options=quick(), device="cpu",
+                                    progress=False) / "fold_0" / "checkpoint_final.pth")
+    assert "resumed from" in (tmp_path / "b" / "fold_0" / "training_log.txt").read_text()
+    assert resumed["logging"]["train_losses"] == straight["logging"]["train_losses"]
+    for k, v in straight["network_weights"].items():
+        assert torch.equal(v, resumed["network_weights"][k]), k
+
+
+def _ddp_worker(rank, dataset, out, port):
+    import petfast.train as pt
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    built = []
+    build = pt.build_network
+    pt.build_network = lambda *a, **k: built.append(build(*a, **k)) or built[-1]
+    train(dataset, 0, out, preset="tiny", options=quick(epochs=1, iterations=2), device="cpu", progress=False)
+    flat = torch.cat([v.detach().flatten() for v in built[0].parameters()])
+    torch.save(flat, out / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_distributed_training_on_two_cpu_processes(dataset, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    mp.spawn(_ddp_worker, args=(dataset, out, port), nprocs=2, join=True)
+    assert "2 process(es)" in (out / "fold_0" / "training_log.txt").read_text()
+    final = load_checkpoint(out / "fold_0" / "checkpoint_final.pth")["network_weights"]
+    a, b = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert torch.equal(a, b)  # DDP averaged the gradients: both processes hold the same network
+    start = petfast.nnunet.build_network(json.loads((out / "plans.json").read_text()), "3d_fullres", 2, 2)
+    assert not torch.equal(a, torch.cat([v.flatten() for v in start.parameters()]))  # and it trained
+    assert torch.equal(a, torch.cat([final[k].flatten() for k, _ in start.named_parameters()]))
+
+
+def test_cli_train_and_resume(dataset, tmp_path, capsys):
+    from petfast.cli import main
+
+    args = ["train", str(dataset), "--fold", "0", "-o", str(tmp_path / "m"), "--preset", "tiny", "--epochs", "1",
+            "--iterations", "2", "--device", "cpu", "--quiet"]
+    assert main(args) == 0
+    assert "petfast predict -m" in capsys.readouterr().out
+    assert main(args) == 0  # a rerun resumes (nothing left to do) rather than starting over
+    assert "resumed from" in (tmp_path / "m" / "fold_0" / "training_log.txt").read_text()
+    assert main(["train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x")]) == 1
