@@ -135,3 +135,19 @@ def test_cli_train_and_resume(dataset, tmp_path, capsys):
     assert main(args) == 0  # a rerun resumes (nothing left to do) rather than starting over
     assert "resumed from" in (tmp_path / "m" / "fold_0" / "training_log.txt").read_text()
     assert main(["train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x")]) == 1
+
+
+@pytest.mark.cuda
+def test_training_on_cuda(dataset, tmp_path):
+    """The GPU path: cases on the device, float16 autocast with a gradient scaler, validation there."""
+    out = train(dataset, 0, tmp_path / "gpu", preset="tiny", options=quick(epochs=2, iterations=4, val_every=2),
+                device="cuda", progress=False)
+    ckpt = load_checkpoint(out / "fold_0" / "checkpoint_final.pth")
+    assert all(np.isfinite(ckpt["logging"]["train_losses"])) and ckpt["grad_scaler_state"]
+    assert len(ckpt["logging"]["mean_fg_dice"]) == 1
+    ds = petfast.data.Dataset(dataset)
+    st = ds.load(ds.fold(0)[1][0])
+    cpu = petfast.Predictor.from_nnunet(out, tta=False, device="cpu").predict([st.ct, st.pet], st.affine)
+    gpu = petfast.Predictor.from_nnunet(out, tta=False, device="cuda", precision="fp32").predict(
+        [torch.from_numpy(np.asarray(st.ct)).cuda(), torch.from_numpy(np.asarray(st.pet)).cuda()], st.affine)
+    assert np.mean(gpu.cpu().numpy() == cpu) > 0.999

@@ -30,55 +30,102 @@ def _info(args) -> int:
     return 0
 
 
+def _demo_dir(out) -> Path:
+    """--out as given, or the first of ./petfast-demo, ./petfast-demo-2, ... that does not exist yet."""
+    if out:
+        return Path(out)
+    n = 1
+    while Path("petfast-demo" + (f"-{n}" if n > 1 else "")).exists():
+        n += 1
+    return Path("petfast-demo" + (f"-{n}" if n > 1 else ""))
+
+
+def _outline(mask2d: np.ndarray) -> np.ndarray:
+    inner = mask2d.copy()
+    inner[1:] &= mask2d[:-1]
+    inner[:-1] &= mask2d[1:]
+    inner[:, 1:] &= mask2d[:, :-1]
+    inner[:, :-1] &= mask2d[:, 1:]
+    return mask2d & ~inner
+
+
+def mip_png(pet, truth, pred, spacing) -> np.ndarray:
+    """Coronal maximum intensity projection of the PET (inverted grey, SUV 0-10), head up, with the
+    true lesions outlined in green and the predicted ones in red; square pixels, x2."""
+    mip = pet.max(axis=1).T[::-1]  # (k, i), superior at the top
+    rows = np.minimum((np.arange(int(round(mip.shape[0] * spacing[2] / spacing[0]))) * spacing[0] / spacing[2]).astype(int),
+                      mip.shape[0] - 1)  # square pixels of spacing[0] mm
+    grey = (255 * (1 - np.clip(mip / 10.0, 0, 1)))[rows].astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    for mask, colour in ((truth, (20, 170, 60)), (pred, (230, 30, 30))):
+        edge = _outline((mask != 0).any(axis=1).T[::-1][rows])
+        rgb[edge] = colour
+    return rgb.repeat(2, 0).repeat(2, 1)
+
+
 def _demo(args) -> int:
     import petfast
 
-    from . import io, phantom
+    from . import components, io, metrics, phantom, quant
+    from ._png import write_png
+    from .data import _write_csv
 
-    device = args.device
+    try:
+        import torch
+    except ImportError:
+        print("petfast demo: the segmentation step needs torch (pip install torch)", file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if petfast.cuda_available() and torch.cuda.is_available() else "cpu")
     if device == "cuda" and not petfast.cuda_available():
         print("petfast demo: --device cuda needs the CUDA kernels and a GPU; use --device cpu", file=sys.stderr)
         return 2
-    out_dir = Path(args.out) if args.out else None
-    names = ("CT.nii.gz", "CTres.nii.gz", "SUV.nii.gz", "SEG.nii.gz")
-    if out_dir and not args.overwrite:
-        for name in names:
-            if (out_dir / name).exists():
-                raise FileExistsError(f"{out_dir / name} exists; pass --overwrite to replace it")
-    print(f"petfast {petfast.__version__} demo ({device}, {petfast.get_num_threads()} CPU threads)")
+    out_dir = _demo_dir(args.out)
+    names = ("CT.nii.gz", "CTres.nii.gz", "SUV.nii.gz", "SEG.nii.gz", "PRED.nii.gz", "lesions.csv", "mip.png")
+    if not args.overwrite:
+        clash = [out_dir / n for n in names if (out_dir / n).exists()]
+        if clash:
+            raise FileExistsError(f"{clash[0]} exists; pass --overwrite to replace the demo's files in {out_dir}")
+    t_all = time.perf_counter()
+    print(f"petfast {petfast.__version__} demo on {device} ({petfast.get_num_threads()} CPU threads). "
+          "Synthetic data and a model trained on synthetic data: not for clinical use.")
     t0 = time.perf_counter()
-    st = phantom.make_study(args.tracer, seed=args.seed, scale=args.scale)
-    print(f"  synthetic {args.tracer.upper()} study ({phantom.SCANNERS[st.scanner].name} grids, {st.diagnosis.lower()}, "
-          f"{len(st.lesions)} lesions) made in {time.perf_counter() - t0:.1f} s")
-    print(f"    CT  {st.ct.shape} int16 HU, PET {st.pet.shape} float32 SUV (max {st.pet.max():.1f})")
-    x = st.ct
-    if device == "cuda":
-        import torch
-
-        x = torch.from_numpy(st.ct).cuda()
-    ctres = None
-    for name, order in (("trilinear", 1), ("cubic, autoPET CTres parity", 3)):
-        petfast.resample_ct_to_pet(x, st.ct_affine, st.pet.shape, st.pet_affine, order=order)  # warm-up
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        res = petfast.resample_ct_to_pet(x, st.ct_affine, st.pet.shape, st.pet_affine, order=order)
-        if device == "cuda":
-            torch.cuda.synchronize()
-            res = res.cpu().numpy()
-        dt = time.perf_counter() - t0
-        print(f"  CT -> PET grid, {name:28s} {dt * 1000:8.1f} ms; "
-              f"{np.mean(res == -1024.0):.1%} of the PET grid outside the CT's field of view")
-        ctres = res
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        for name, data, affine in zip(names, (st.ct, ctres, st.pet, st.label),
-                                      (st.ct_affine, st.pet_affine, st.pet_affine, st.pet_affine)):
-            io.save(out_dir / name, data, affine, overwrite=args.overwrite)
-        print(f"  wrote {', '.join(names)} to {out_dir} in {time.perf_counter() - t0:.1f} s")
-    print("Synthetic data, not for clinical use. Inference, lesion metrics and the lesion table join this demo "
-          "in later releases.")
+    st = phantom.make_study(args.tracer, seed=args.seed, scale=0.5)
+    print(f"1. synthetic {args.tracer.upper()} study, {phantom.SCANNERS[st.scanner].name} grids, "
+          f"{st.diagnosis.lower()}, {len(st.lesions)} lesions: CT {'x'.join(map(str, st.ct.shape))}, "
+          f"PET {'x'.join(map(str, st.pet.shape))} ({time.perf_counter() - t0:.1f} s)")
+    dev = torch.device(device)
+    t0 = time.perf_counter()
+    ctres = petfast.resample_ct_to_pet(torch.from_numpy(st.ct).to(dev), st.ct_affine, st.pet.shape, st.pet_affine,
+                                       order=3)
+    print(f"2. CT resampled onto the PET grid (cubic B-spline, autoPET's CTres rule) in "
+          f"{time.perf_counter() - t0:.2f} s")
+    t0 = time.perf_counter()
+    predictor = petfast.Predictor.default(device=device, tta=False)
+    pred = predictor.predict([ctres, torch.from_numpy(st.pet).to(dev)], st.pet_affine).cpu().numpy()
+    tm = predictor.timings
+    print(f"3. lesions segmented in {time.perf_counter() - t0:.1f} s (preprocess {tm['preprocess']:.1f} s, network "
+          f"{tm['network']:.1f} s, export {tm['export']:.1f} s; patch {'x'.join(map(str, predictor.patch_size))}, "
+          f"no mirroring)")
+    t0 = time.perf_counter()
+    spacing = tuple(float(s) for s in np.linalg.norm(st.pet_affine[:3, :3], axis=0))
+    table = quant.lesions(st.pet, pred, spacing)
+    m = metrics.autopet(st.label, pred, float(np.prod(spacing)) / 1000.0)
+    true_count = components.label(st.label != 0, 18)[1]
+    s = table["study"]
+    print(f"4. {s['lesion_count']} lesions found ({true_count} true): MTV {s['mtv_ml']:.1f} ml, TLG {s['tlg']:.1f}, "
+          f"SUVmax {s['suv_max']:.1f}; against the known truth: Dice {m['dice']:.3f}, false positive volume "
+          f"{m['fp_volume_ml']:.2f} ml, false negative volume {m['fn_volume_ml']:.2f} ml "
+          f"({time.perf_counter() - t0:.2f} s)")
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data, affine in zip(names, (st.ct, ctres.cpu().numpy(), st.pet, st.label, pred),
+                                  (st.ct_affine,) + (st.pet_affine,) * 4):
+        io.save(out_dir / name, data, affine, overwrite=args.overwrite)
+    _write_csv(out_dir / "lesions.csv", table["lesions"], args.overwrite, fields=quant.LESION_COLUMNS)
+    write_png(out_dir / "mip.png", mip_png(st.pet, st.label, pred, spacing), overwrite=args.overwrite)
+    print(f"5. wrote {', '.join(names)} to {out_dir}/ ({time.perf_counter() - t0:.1f} s); mip.png: PET maximum "
+          "intensity projection, true lesions green, predicted red")
+    print(f"done in {time.perf_counter() - t_all:.1f} s")
     return 0
 
 
@@ -224,17 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("info", help="version, CPU threads, CUDA build and devices")
     s.set_defaults(func=_info)
-    s = sub.add_parser("demo", help="run the built-in demo on synthetic data (no downloads, no GPU needed)",
-                       description="Make a synthetic whole-body PET/CT study (CT on its own grid) and resample "
-                                   "the CT onto the PET grid, trilinear and in autoPET's CTres parity mode, "
-                                   "with timings.")
-    s.add_argument("--out", metavar="DIR", help="write CT.nii.gz, CTres.nii.gz, SUV.nii.gz and SEG.nii.gz here")
+    s = sub.add_parser("demo", help="the whole pipeline on a synthetic study (no downloads, no GPU needed)",
+                       description="Make a synthetic whole-body PET/CT study (CT on its own grid, known lesions), "
+                                   "resample the CT onto the PET grid, segment the lesions with petfast's default "
+                                   "model, find the lesions (18-connected components), score them against the truth "
+                                   "(Dice, false positive and false negative volume), and write CT, CTres, SUV, SEG "
+                                   "(truth), PRED (prediction) .nii.gz, lesions.csv (MTV, SUVmax, SUVmean, SUVpeak, "
+                                   "TLG per lesion) and mip.png. Synthetic data and model: not for clinical use.")
+    s.add_argument("--out", metavar="DIR", help="output folder (default: ./petfast-demo, or -2, -3, ... if it exists)")
     s.add_argument("--tracer", choices=("fdg", "psma"), default="fdg", help="default: fdg")
     s.add_argument("--seed", type=int, default=0, help="the study's random seed (default 0)")
-    s.add_argument("--scale", type=float, default=0.5,
-                   help="voxels per axis relative to the scanner's grids (default 0.5; 1 = full size)")
-    s.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
-    s.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
+    s.add_argument("--overwrite", action="store_true", help="replace the demo's files in an existing --out")
+    s.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu")
     s.set_defaults(func=_demo)
     s = sub.add_parser("phantom", help="write a synthetic whole-body PET/CT dataset in nnU-Net layout",
                        description="Synthetic FDG/PSMA studies with known lesion masks, in exactly the autoPET "

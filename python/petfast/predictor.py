@@ -39,6 +39,7 @@ from .nnunet.plans import Plans
 from .patches import finalize, sliding_window
 
 _PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+DEFAULT_MODEL = Path(__file__).parent / "models" / "default"
 
 
 def _default_device() -> torch.device:
@@ -188,6 +189,15 @@ class Predictor:
             _load_weights(net, ckpt["network_weights"], str(path))
             networks.append(net)
         return cls(networks, plans, dataset_json, configuration, mirror_axes, device=device, **options)
+
+    @classmethod
+    def default(cls, device=None, **options) -> "Predictor":
+        """petfast's shipped default model: a small network trained on *synthetic* studies by
+        ``scripts/train_default_model.py`` (CT + PET on a 4.07 x 4.07 x 6 mm grid; other grids are
+        resampled). A demonstration of the pipeline; not for clinical use."""
+        if not (DEFAULT_MODEL / "plans.json").is_file():
+            raise FileNotFoundError(f"{DEFAULT_MODEL}: the default model is missing from this installation")
+        return cls.from_nnunet(DEFAULT_MODEL, folds=(0,), device=device, **options)
 
     # --- one case, arrays in and out ----------------------------------------------------------------
 

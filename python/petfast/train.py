@@ -343,7 +343,7 @@ def _preprocess_training_case(predictor, st) -> tuple[torch.Tensor, torch.Tensor
     """(image float32 (C, z, y, x), label int16 (z, y, x)) on the predictor's device, as at inference."""
     channels, _, _ = predictor._channels([st.ct, st.pet])
     image, sp, box, _ = predictor._preprocess(channels, st.spacing)
-    lab = torch.from_numpy(np.ascontiguousarray(st.label)).to(predictor.device)
+    lab = torch.from_numpy(np.array(st.label)).to(predictor.device)  # a writable copy
     lab = lab.permute(2, 1, 0).permute(*predictor.transpose_forward)[box]
     target = pre.new_shape(image.shape[1:], sp, predictor.spacing)
     if target != tuple(image.shape[1:]):
