@@ -66,6 +66,12 @@ def test_outputs_equal_with_the_same_weights(cls_name):
     x = torch.randn(2, 2, 16, 24, 32)  # divisible by the strides, as nnU-Net patches are
     with torch.no_grad():
         np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-5)
+        # Deep supervision (training): every decoder output, full resolution first, as the reference.
+        ref.decoder.deep_supervision = ours.decoder.deep_supervision = True
+        outs, refs = ours(x), ref(x)
+        assert len(outs) == len(refs) == len(ours.decoder.stages)
+        for a, b in zip(outs, refs):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_old_plans_format_builds_the_same_network():

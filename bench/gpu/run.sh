@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One-shot GPU check: build with nvcc, run the whole test suite (every CUDA test of every kernel:
-# resampling, labelling, component statistics, tiles), then the GPU benchmarks at full size; logs
+# resampling, labelling, component statistics, tiles, the Predictor, training), then the GPU benchmarks at full size; logs
 # and JSON land in $OUT (bench/results/gpu-local here).
 #   bash bench/gpu/run.sh            (on a machine with a CUDA GPU, nvcc, torch, pytest-benchmark)
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu-local}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-# Wheels carried along for packages the GPU machine lacks (nibabel); see the device notes in README.
+# Wheels carried along for packages the GPU machine lacks (nibabel; nnunetv2 and its dependencies for the
+# nnU-Net side of the inference benchmarks, which are skipped without them); see the device notes in README.
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
