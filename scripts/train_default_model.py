@@ -1,6 +1,6 @@
 """Train petfast's shipped default model on synthetic studies, evaluate it on held-out ones, and export it.
 
-    python scripts/train_default_model.py --work /tmp/petfast-default --export   (about 75 min on a 2-core CPU)
+    python scripts/train_default_model.py --work /tmp/petfast-default --export   (about 30 min on a 2-core CPU)
 
 1. ``petfast phantom``: --cases synthetic FDG and PSMA studies (seed 2026) at half the scanners'
    resolution (PET 4.07 x 4.07 x 6 mm for FDG), in nnU-Net layout with 5 folds.
@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--work", required=True, help="folder for the dataset and the training run")
     ap.add_argument("--cases", type=int, default=40)
     ap.add_argument("--test", type=int, default=10)
-    ap.add_argument("--epochs", type=int, default=70)
+    ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--device", default=None)
     ap.add_argument("--export", action="store_true", help="copy the model into the package")
@@ -67,9 +67,11 @@ def main():
         write_phantom_dataset(data, cases=args.cases, tracer="mixed", seed=2026, scale=SCALE, progress=True)
     ds = Dataset(data)
     _, props = fingerprint(ds, ds.fold(0)[0])
-    plans = preset_plans("small", spacing=SPACING, intensity_properties=props, dataset_name="Dataset900_petfast_phantom")
+    # Batch Dice: with per-sample Dice this small-lesion task settles on predicting nothing.
+    plans = preset_plans("small", spacing=SPACING, intensity_properties=props, dataset_name="Dataset900_petfast_phantom",
+                         batch_dice=True)
     t0 = time.perf_counter()
-    options = TrainingOptions(epochs=args.epochs, iterations=args.iterations, val_every=35, save_every=1,
+    options = TrainingOptions(epochs=args.epochs, iterations=args.iterations, val_every=0, save_every=1,
                               max_val_cases=4)
     train(ds, 0, work / "model", plans=plans, options=options, device=args.device)
     seconds = time.perf_counter() - t0

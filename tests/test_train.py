@@ -31,6 +31,11 @@ def test_loss_equals_nnunet(rng):
     logits = torch.from_numpy(rng.normal(size=(2, 3, 6, 7, 8)).astype(np.float32))
     target = torch.from_numpy(rng.integers(0, 3, (2, 1, 6, 7, 8)))
     torch.testing.assert_close(dice_ce_loss(logits, target), ref(logits, target), rtol=1e-5, atol=1e-6)
+    ref_batch = compound.DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                                        weight_ce=1, weight_dice=1, ignore_label=None,
+                                        dice_class=dice.MemoryEfficientSoftDiceLoss)
+    torch.testing.assert_close(dice_ce_loss(logits, target, batch_dice=True), ref_batch(logits, target),
+                               rtol=1e-5, atol=1e-6)
     assert deep_supervision_weights(4) == pytest.approx([8 / 14, 4 / 14, 2 / 14, 0.0])
 
 

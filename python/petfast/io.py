@@ -116,6 +116,15 @@ def _check_affine(affine, path) -> np.ndarray:
     return _affine(affine, f"{path}: the affine")
 
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()  # what open() would give a new file
+
+
 def atomic_write(path, write, overwrite: bool = False) -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it to ``path``.
 
@@ -128,6 +137,7 @@ def atomic_write(path, write, overwrite: bool = False) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp's 0600 would hide the result from other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

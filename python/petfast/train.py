@@ -9,7 +9,8 @@
 * Augmentation on the device, per sample: rotation (U(-30, 30) degrees about each axis, p 0.2) and
   scaling (U(0.7, 1.4), p 0.2) by one ``grid_sample`` (labels nearest), then mirroring, brightness,
   contrast and noise (:func:`~petfast.patches.augment`).
-* Loss: cross-entropy + soft Dice (foreground classes, per sample, smooth 1e-5) on every decoder
+* Loss: cross-entropy + soft Dice (foreground classes, smooth 1e-5; per sample, or over the batch
+  when the plans say ``batch_dice``) on every decoder
   output (deep supervision; weights 1/2^i normalised, the coarsest 0), targets downsampled by
   nearest neighbour. Padding (label -1) counts as background, as nnU-Net.
 * SGD, Nesterov momentum 0.99, weight decay 3e-5, learning rate 1e-2 x (1 - epoch/epochs)^0.9,
@@ -94,22 +95,25 @@ def deep_supervision_weights(n: int) -> list[float]:
     return [x / total for x in w]
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """nnU-Net's DC_and_CE_loss: cross-entropy + (1 - soft Dice over foreground classes, per sample)
-    with smooth 1e-5 (returned as CE - Dice, as nnU-Net, so it can go below 0)."""
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, batch_dice: bool = False) -> torch.Tensor:
+    """nnU-Net's DC_and_CE_loss: cross-entropy + (1 - soft Dice over foreground classes) with smooth
+    1e-5, returned as CE - Dice as nnU-Net does (so it can go below 0). The Dice is per sample, or over
+    the whole batch with ``batch_dice`` (the plans' ``batch_dice``). Per sample, a patch without
+    lesions scores a perfect Dice for an empty prediction, which can pull small-lesion models
+    towards predicting nothing; the batch Dice has no such optimum."""
     logits = logits.float()
     t = target[:, 0].long()
     ce = F.cross_entropy(logits, t)
     probs = torch.softmax(logits, 1)[:, 1:]
     onehot = torch.stack([t == k for k in range(1, logits.shape[1])], 1).float()
-    axes = tuple(range(2, logits.ndim))
+    axes = ((0,) if batch_dice else ()) + tuple(range(2, logits.ndim))
     inter = (probs * onehot).sum(axes)
     denom = probs.sum(axes) + onehot.sum(axes)
     dice = (2 * inter + 1e-5) / (denom + 1e-5).clamp_min(1e-8)
     return ce - dice.mean()
 
 
-def deep_supervision_loss(outputs, target: torch.Tensor) -> torch.Tensor:
+def deep_supervision_loss(outputs, target: torch.Tensor, batch_dice: bool = False) -> torch.Tensor:
     loss = 0.0
     for w, out in zip(deep_supervision_weights(len(outputs)), outputs):
         if w == 0:  # kept in the graph at no cost, so DistributedDataParallel sees every parameter used
@@ -117,7 +121,7 @@ def deep_supervision_loss(outputs, target: torch.Tensor) -> torch.Tensor:
             continue
         t = target if out.shape[2:] == target.shape[2:] else \
             F.interpolate(target.float(), size=out.shape[2:], mode="nearest-exact").to(target.dtype)
-        loss = loss + w * dice_ce_loss(out, t)
+        loss = loss + w * dice_ce_loss(out, t, batch_dice)
     return loss
 
 
@@ -243,6 +247,7 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
         f"{world} process(es)")
 
     patch = predictor.patch_size
+    batch_dice = bool(Plans(plans).configuration(configuration).get("batch_dice", False))
     sampler = PatchSampler(cases, patch, options.batch_size, seed=options.seed * 1000 + rank)
     rng = np.random.default_rng([options.seed, rank])
     opt = torch.optim.SGD(net.parameters(), options.lr, momentum=0.99, nesterov=True, weight_decay=options.weight_decay)
@@ -294,7 +299,7 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
             images, labels = augment(images, labels, rng, mirror_axes)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
-                loss = deep_supervision_loss(model(images), labels)
+                loss = deep_supervision_loss(model(images), labels, batch_dice)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(opt)

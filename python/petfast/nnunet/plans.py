@@ -99,7 +99,7 @@ def scheme_for(channel_name: str) -> str:
 def make_plans(patch_size, spacing, features_per_stage, strides, *, architecture: str = "PlainConvUNet",
                n_conv_per_stage=2, n_conv_per_stage_decoder=2, channel_names=None, intensity_properties=None,
                dataset_name: str = "Dataset001_petfast", configuration: str = "3d_fullres", batch_size: int = 2,
-               median_shape=None) -> dict:
+               median_shape=None, batch_dice: bool = False) -> dict:
     """A complete nnU-Net v2 plans dict (``architecture`` format) with one 3-D configuration.
 
     patch_size, spacing (mm) and strides are in nnU-Net's axis order (z, y, x); ``strides`` has one
@@ -145,7 +145,7 @@ def make_plans(patch_size, spacing, features_per_stage, strides, *, architecture
             "normalization_schemes": schemes, "use_mask_for_norm": [False] * len(schemes), **resampling,
             "architecture": {"network_class_name": f"dynamic_network_architectures.architectures.unet.{architecture}",
                              "arch_kwargs": kw, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-            "batch_dice": False}
+            "batch_dice": bool(batch_dice)}
     return {"dataset_name": dataset_name, "plans_name": "nnUNetPlans",
             "original_median_spacing_after_transp": [float(s) for s in spacing],
             "original_median_shape_after_transp": [int(s) for s in median],
