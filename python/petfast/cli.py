@@ -118,8 +118,10 @@ def _demo(args) -> int:
           f"({time.perf_counter() - t0:.2f} s)")
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, data, affine in zip(names, (st.ct, ctres.cpu().numpy(), st.pet, st.label, pred),
-                                  (st.ct_affine,) + (st.pet_affine,) * 4):
+    volumes = {"CT.nii.gz": (st.ct, st.ct_affine), "CTres.nii.gz": (ctres.cpu().numpy(), st.pet_affine),
+               "SUV.nii.gz": (st.pet, st.pet_affine), "SEG.nii.gz": (st.label, st.pet_affine),
+               "PRED.nii.gz": (pred, st.pet_affine)}
+    for name, (data, affine) in volumes.items():
         io.save(out_dir / name, data, affine, overwrite=args.overwrite)
     _write_csv(out_dir / "lesions.csv", table["lesions"], args.overwrite, fields=quant.LESION_COLUMNS)
     write_png(out_dir / "mip.png", mip_png(st.pet, st.label, pred, spacing), overwrite=args.overwrite)

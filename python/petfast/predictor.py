@@ -33,9 +33,9 @@ import torch
 
 from . import _arrays, io
 from .nnunet import preprocess as pre
-from .nnunet.model_folder import CHECKPOINT, available_folds, fold_name, load_checkpoint, read_json
+from .nnunet.model_folder import CHECKPOINT, available_folds, fold_name, load_checkpoint
 from .nnunet.networks import build_network
-from .nnunet.plans import Plans
+from .nnunet.plans import Plans, read_json
 from .patches import finalize, sliding_window
 
 _PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}

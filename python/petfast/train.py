@@ -29,7 +29,6 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 from . import metrics
 from .data import Dataset
 from .nnunet import preprocess as pre
-from .nnunet.model_folder import load_checkpoint, make_dataset_json, save_checkpoint
+from .nnunet.model_folder import load_checkpoint, make_dataset_json, save_checkpoint, write_model_folder
 from .nnunet.networks import build_network
 from .nnunet.plans import AUTOPET_CT_PROPERTIES, AUTOPET_PET_PROPERTIES, Plans, preset_plans
 from .patches import PatchSampler, augment
@@ -227,9 +226,8 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
     net = build_network(plans, configuration, n_in, n_out).to(device)
     predictor = Predictor([net], plans, dataset_json, configuration, mirror_axes=(), device=device, tta=False)
     if rank == 0:
+        write_model_folder(out, plans, dataset_json, {}, overwrite=True)  # plans.json and dataset.json, atomically
         fold_dir.mkdir(parents=True, exist_ok=True)
-        for name, obj in (("plans.json", plans), ("dataset.json", dataset_json)):
-            (out / name).write_text(json.dumps(obj, indent=2))
     log = _Log(fold_dir / "training_log.txt" if rank == 0 else None, quiet=not progress or rank != 0)
 
     # Cases preprocessed once, kept on the device.

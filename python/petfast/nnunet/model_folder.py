@@ -8,11 +8,11 @@ writes. Checkpoints are pickles (nnU-Net stores a ``torch.device`` in them): loa
 from __future__ import annotations
 
 import io as _io
-import json
 from pathlib import Path
 
 import torch
 
+from ..data import _write_json
 from ..io import atomic_write
 
 CHECKPOINT = "checkpoint_final.pth"
@@ -37,15 +37,6 @@ def available_folds(model_dir, checkpoint: str = CHECKPOINT) -> list:
         if suffix.isdigit() and (d / checkpoint).is_file():
             folds.append(int(suffix))
     return sorted(folds)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
 def load_checkpoint(path) -> dict:
@@ -88,8 +79,7 @@ def write_model_folder(out, plans: dict, dataset_json: dict, fold_weights: dict,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, obj in (("plans.json", plans), ("dataset.json", dataset_json)):
-        text = json.dumps(obj, indent=2).encode()
-        atomic_write(out / name, lambda f, t=text: f.write(t), overwrite)
+        _write_json(out / name, obj, overwrite)
     for fold, weights in fold_weights.items():
         (out / fold_name(fold)).mkdir(exist_ok=True)
         save_checkpoint(out / fold_name(fold) / CHECKPOINT, weights, plans, dataset_json, configuration, fold,

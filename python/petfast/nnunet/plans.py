@@ -8,18 +8,22 @@ from pathlib import Path
 _KNOWN = ("PlainConvUNet", "ResidualEncoderUNet")
 
 
+def read_json(path) -> dict:
+    """A JSON file; FileNotFoundError or ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
 class Plans:
     """A plans.json. ``Plans(path_or_dict).configuration('3d_fullres')`` gives a resolved dict."""
 
     def __init__(self, plans):
         if isinstance(plans, (str, Path)):
-            path = Path(plans)
-            try:
-                plans = json.loads(path.read_text())
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{path}: no plans.json") from None
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from e
+            plans = read_json(plans)
         if not isinstance(plans, dict) or "configurations" not in plans:
             raise ValueError("plans must be an nnU-Net plans.json with 'configurations'")
         self.raw = plans
