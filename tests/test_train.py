@@ -96,6 +96,43 @@ def test_resume_ends_where_an_uninterrupted_run_ends(dataset, tmp_path, monkeypa
         assert torch.equal(v, resumed["network_weights"][k]), k
 
 
+def test_memory_mapped_cases_train_exactly_as_cases_in_memory(dataset, tmp_path, monkeypatch):
+    """A cohort too large for the device is memory-mapped from the cache: same batches, same network."""
+    import petfast.train as pt
+
+    in_memory = load_checkpoint(train(dataset, 0, tmp_path / "a", preset="tiny", options=quick(), device="cpu",
+                                      progress=False) / "fold_0" / "checkpoint_final.pth")
+    monkeypatch.setattr(pt, "_fits_on", lambda device, nbytes: False)
+    mapped = load_checkpoint(train(dataset, 0, tmp_path / "b", preset="tiny", options=quick(), device="cpu",
+                                   progress=False) / "fold_0" / "checkpoint_final.pth")
+    assert "memory-mapped" in (tmp_path / "b" / "fold_0" / "training_log.txt").read_text()
+    for k, v in in_memory["network_weights"].items():
+        assert torch.equal(v, mapped["network_weights"][k]), k
+
+
+def test_preprocessed_cache_is_reused_and_rebuilt_when_the_plans_change(dataset, tmp_path):
+    import petfast.train as pt
+
+    out = train(dataset, 0, tmp_path / "m", preset="tiny", options=quick(epochs=1), device="cpu", progress=False)
+    ids = petfast.data.Dataset(dataset).fold(0)[0]
+    cache = out / "preprocessed"
+    image, seg, loc = (np.load(f) for f in pt._cache_files(cache, ids[0]))
+    assert image.dtype == np.float32 and seg.dtype == np.int16 and image.shape[1:] == seg.shape
+    rows = np.load(pt._cache_files(cache, ids[0])[2])
+    assert rows.shape[1] == 4 and np.all(seg[tuple(rows[:, 1:].T)] == rows[:, 0])  # (class, z, y, x) rows
+    log = out / "fold_0" / "training_log.txt"
+    assert f"{len(ids)} preprocessed, 0 from" in log.read_text()
+    (out / "fold_0" / "checkpoint_latest.pth").unlink()  # start over: the cache serves the new run
+    train(dataset, 0, out, preset="tiny", options=quick(epochs=1), device="cpu", progress=False)
+    assert f"0 preprocessed, {len(ids)} from" in log.read_text()
+    (out / "fold_0" / "checkpoint_latest.pth").unlink()
+    plans = json.loads((out / "plans.json").read_text())
+    plans["foreground_intensity_properties_per_channel"]["0"]["mean"] += 1.0  # other CT normalisation
+    train(dataset, 0, out, plans=plans, options=quick(epochs=1), device="cpu", progress=False)
+    assert log.read_text().count(f"{len(ids)} preprocessed, 0 from") == 2
+    assert not np.array_equal(np.load(pt._cache_files(cache, ids[0])[0]), image)
+
+
 def _ddp_worker(rank, dataset, out, port):
     import petfast.train as pt
 

@@ -252,7 +252,9 @@ def sample_origin(shape, patch_size, force_foreground: bool, locations: dict | N
 class PatchSampler:
     """Endless batches of training patches with nnU-Net's semantics.
 
-    cases: list of (image (C, D, H, W), label (D, H, W)) pairs, numpy or torch (CPU or CUDA); each
+    cases: list of (image (C, D, H, W), label (D, H, W)) pairs, numpy (memory-mapped ones too) or
+    torch (CPU or CUDA), optionally with a third item, the case's :func:`class_locations` (computed
+    here otherwise, which reads the whole label); each
     batch picks ``batch_size`` cases uniformly with replacement, the last ``oversample_foreground``
     fraction of the batch (nnU-Net: round(B x (1 - 0.33)) onwards) centred on foreground. Patches
     past the border are padded: image 0, label -1 (nnU-Net's ignore value). Yields
@@ -272,14 +274,18 @@ class PatchSampler:
         self.oversample_foreground = oversample_foreground
         self.rng = np.random.default_rng(seed)
         self.cases = []
-        for n, (image, label) in enumerate(cases):
+        for n, case in enumerate(cases):
+            if len(case) not in (2, 3):
+                raise ValueError(f"cases[{n}] must be (image, label) or (image, label, locations)")
+            image, label = case[:2]
             img = _view4(image, f"cases[{n}] image")
             lab = _arrays.adapt(label, f"cases[{n}] label")
             if tuple(lab.shape) != tuple(img.shape[1:]):
                 raise ValueError(f"cases[{n}]: label shape {lab.shape} differs from image shape {img.shape[1:]}")
             if lab.dtype.kind not in "iu":
                 raise TypeError(f"cases[{n}]: labels must be integers, got {lab.dtype}")
-            self.cases.append((img.obj, self._as_int16(lab.obj), class_locations(lab.obj)))
+            locations = case[2] if len(case) == 3 else class_locations(lab.obj)
+            self.cases.append((img.obj, self._as_int16(lab.obj), locations))
 
     @staticmethod
     def _as_int16(label):

@@ -3,9 +3,14 @@
 :func:`train` follows nnU-Net's default trainer where it matters for the result:
 
 * Cases are preprocessed once as at inference (crop, normalise, resize to the plans' spacing; the
-  :class:`~petfast.Predictor`'s own code) and kept in memory on the training device, so patches are
-  cut there by petfast's tile kernel (:class:`~petfast.patches.PatchSampler`: one third of each batch
-  centred on foreground, nnU-Net's rule) with no CPU data-loading workers.
+  :class:`~petfast.Predictor`'s own code) into ``OUT/preprocessed/`` (``CASE.npy`` float32 image,
+  ``CASE_seg.npy`` int16 label, ``CASE_locations.npy`` nnU-Net's foreground sample), which reruns,
+  resumed runs and other folds reuse while the plans are unchanged. When they fit in half of the
+  training device's free memory they are kept there, so patches are cut on the device by petfast's
+  tile kernel (:class:`~petfast.patches.PatchSampler`: one third of each batch centred on foreground,
+  nnU-Net's rule) with no CPU data-loading workers; a cohort too large for that (autoPET is about
+  150 GB preprocessed) is memory-mapped from the cache and each batch is cut on the CPU and copied
+  over.
 * Augmentation on the device, per sample: rotation (U(-30, 30) degrees about each axis, p 0.2) and
   scaling (U(0.7, 1.4), p 0.2) by one ``grid_sample`` (labels nearest), then mirroring, brightness,
   contrast and noise (:func:`~petfast.patches.augment`).
@@ -29,6 +34,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
@@ -41,11 +48,12 @@ import torch.nn.functional as F
 
 from . import metrics
 from .data import Dataset
+from .io import atomic_write
 from .nnunet import preprocess as pre
 from .nnunet.model_folder import load_checkpoint, make_dataset_json, save_checkpoint, write_model_folder
 from .nnunet.networks import build_network
 from .nnunet.plans import AUTOPET_CT_PROPERTIES, AUTOPET_PET_PROPERTIES, Plans, preset_plans
-from .patches import PatchSampler, augment
+from .patches import PatchSampler, augment, class_locations
 
 
 @dataclass
@@ -230,19 +238,12 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
         fold_dir.mkdir(parents=True, exist_ok=True)
     log = _Log(fold_dir / "training_log.txt" if rank == 0 else None, quiet=not progress or rank != 0)
 
-    # Cases preprocessed once, kept on the device.
-    cases = []
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for cid in train_ids:
-            st = dataset.load(cid)
-            if st.label is None:
-                raise ValueError(f"{cid}: training needs labelsTr/{cid}{dataset.file_ending}")
-            image, label = _preprocess_training_case(predictor, st)
-            cases.append((image, label))
-    log(f"{len(cases)} training cases preprocessed in {time.perf_counter() - t0:.1f} s "
-        f"({sum(c[0].numel() for c in cases) * 4 / 2**30:.2f} GiB on {device}); {len(val_ids)} validation cases; "
-        f"{world} process(es)")
+    cache = out / "preprocessed"
+    done = _preprocess_to_cache(predictor, dataset, train_ids, cache, _plans_key(plans, configuration), rank, world)
+    cases, where = _load_cases(cache, train_ids, device)
+    log(f"{len(train_ids)} training cases ready in {time.perf_counter() - t0:.1f} s ({done} preprocessed, "
+        f"{len(train_ids) - done} from {cache}; {where}); {len(val_ids)} validation cases; {world} process(es)")
 
     patch = predictor.patch_size
     batch_dice = bool(Plans(plans).configuration(configuration).get("batch_dice", False))
@@ -292,6 +293,9 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
             steps = tqdm(steps, desc=f"epoch {epoch + 1}/{options.epochs}", unit="it", leave=False)
         for _ in steps:
             images, labels = next(sampler)
+            if isinstance(images, np.ndarray):  # memory-mapped cases: the batch was cut on the CPU
+                images = torch.from_numpy(images).to(device, non_blocking=True)
+                labels = torch.from_numpy(labels).to(device, non_blocking=True)
             labels.clamp_(min=0)  # padding (-1) is background
             images, labels = spatial_augment(images, labels, rng)
             images, labels = augment(images, labels, rng, mirror_axes)
@@ -340,6 +344,76 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
     if world > 1:
         torch.distributed.barrier()
     return out
+
+
+def _plans_key(plans: dict, configuration: str) -> str:
+    """What the preprocessed cache depends on: the configuration's preprocessing and the intensity statistics."""
+    p = Plans(plans)
+    relevant = {"configuration": p.configuration(configuration), "transpose_forward": p.raw.get("transpose_forward"),
+                "intensity": p.raw.get("foreground_intensity_properties_per_channel")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cache_files(cache: Path, cid: str) -> tuple[Path, Path, Path]:
+    return cache / f"{cid}.npy", cache / f"{cid}_seg.npy", cache / f"{cid}_locations.npy"
+
+
+def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str, rank: int, world: int) -> int:
+    """Preprocess the cases of ``ids`` missing from ``cache`` (each process a share); returns how many.
+    A cache made with other plans is emptied first."""
+    stamp = cache / "plans_key.txt"
+    if rank == 0:
+        cache.mkdir(parents=True, exist_ok=True)
+        if not stamp.is_file() or stamp.read_text() != key:
+            for f in cache.glob("*.npy"):
+                f.unlink()
+            atomic_write(stamp, lambda f: f.write(key.encode()), overwrite=True)
+    if world > 1:
+        torch.distributed.barrier()
+    todo = [cid for cid in ids if not all(f.is_file() for f in _cache_files(cache, cid))]
+    with torch.no_grad():
+        for cid in todo[rank::world]:
+            st = dataset.load(cid)
+            if st.label is None:
+                raise ValueError(f"{cid}: training needs labelsTr/{cid}{dataset.file_ending}")
+            image, label = _preprocess_training_case(predictor, st)
+            label = label.cpu().numpy()
+            locations = class_locations(label)
+            rows = [np.concatenate([np.full((len(v), 1), c), v], 1) for c, v in locations.items()]
+            rows = np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
+            # The locations last: a case counts as cached once all three files exist.
+            for path, array in zip(_cache_files(cache, cid), (image.cpu().numpy(), label, rows.astype(np.int64))):
+                atomic_write(path, lambda f, a=array: np.save(f, a), overwrite=True)
+    if world > 1:
+        torch.distributed.barrier()
+    return len(todo)
+
+
+def _fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether ``nbytes`` of cases may live on ``device``: at most half of its free memory."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    return nbytes <= free // 2
+
+
+def _load_cases(cache: Path, ids, device: torch.device) -> tuple[list, str]:
+    """The cached cases as PatchSampler input: on ``device`` when they fit there, else memory-mapped."""
+    files = [_cache_files(cache, cid) for cid in ids]
+    nbytes = sum(f.stat().st_size for image, seg, _ in files for f in (image, seg))
+    on_device = _fits_on(device, nbytes)
+    cases = []
+    for image, seg, loc in files:
+        rows = np.load(loc)
+        locations = {int(c): rows[rows[:, 0] == c, 1:] for c in np.unique(rows[:, 0])}
+        if on_device:
+            pair = [torch.from_numpy(np.load(f)).to(device) for f in (image, seg)]
+        else:
+            pair = [np.load(f, mmap_mode="r") for f in (image, seg)]
+        cases.append((*pair, locations))
+    where = f"{nbytes / 2**30:.2f} GiB " + (f"in memory on {device}" if on_device else "memory-mapped")
+    return cases, where
 
 
 def _preprocess_training_case(predictor, st) -> tuple[torch.Tensor, torch.Tensor]:
