@@ -2,6 +2,7 @@
 // and the final argmax. Rows of a tile are independent, so each tile's rows run in parallel; tiles
 // are accumulated one after another (they overlap), which also keeps the sums deterministic.
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include "petfast/ops.h"
@@ -16,26 +17,33 @@ void gather_typed(const NdView& src, const NdView& dst, const TileOrigins& o, do
   Tout* out = static_cast<Tout*>(dst.data);
   const int64_t C = src.shape[0], d = dst.shape[2], h = dst.shape[3], w = dst.shape[4];
   const Tout fill = static_cast<Tout>(pad);
-  parallel_for(o.count * C * d * h, 64, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t y = r % h, z = (r / h) % d, c = (r / (h * d)) % C, b = r / (h * d * C);
-      const int64_t Z = o.at[b][0] + z, Y = o.at[b][1] + y;
-      Tout* row = out + b * dst.strides[0] + c * dst.strides[1] + z * dst.strides[2] + y * dst.strides[3];
-      const bool row_in = Z >= 0 && Z < src.shape[1] && Y >= 0 && Y < src.shape[2];
-      const Tin* srow = in + c * src.strides[0] + Z * src.strides[1] + Y * src.strides[2];
-      // The part of the row inside the volume is a straight copy; only the ends are padding.
-      const int64_t X0 = o.at[b][2];
-      const int64_t lo = row_in ? std::min<int64_t>(w, std::max<int64_t>(0, -X0)) : w;
-      const int64_t hi = row_in ? std::max<int64_t>(lo, std::min<int64_t>(w, src.shape[3] - X0)) : w;
-      const int64_t ds = dst.strides[4], ss = src.strides[3];
-      for (int64_t x = 0; x < lo; ++x) row[x * ds] = fill;
-      if (ds == 1 && ss == 1) {
-        const Tin* from = srow + X0;
-        for (int64_t x = lo; x < hi; ++x) row[x] = static_cast<Tout>(from[x]);
-      } else {
-        for (int64_t x = lo; x < hi; ++x) row[x * ds] = static_cast<Tout>(srow[(X0 + x) * ss]);
+  const int64_t ds = dst.strides[4], ss = src.strides[3];
+  // One (tile, channel, z) plane of rows per work item: index arithmetic per row stays additions.
+  parallel_for(o.count * C * d, 4, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t z = p % d, c = (p / d) % C, b = p / (d * C);
+      const int64_t Z = o.at[b][0] + z, X0 = o.at[b][2];
+      const bool plane_in = Z >= 0 && Z < src.shape[1];
+      // The part of a row inside the volume is a straight copy; only the ends are padding.
+      const int64_t lo = std::min<int64_t>(w, std::max<int64_t>(0, -X0));
+      const int64_t hi = std::max<int64_t>(lo, std::min<int64_t>(w, src.shape[3] - X0));
+      for (int64_t y = 0; y < h; ++y) {
+        const int64_t Y = o.at[b][1] + y;
+        Tout* row = out + b * dst.strides[0] + c * dst.strides[1] + z * dst.strides[2] + y * dst.strides[3];
+        const bool row_in = plane_in && Y >= 0 && Y < src.shape[2];
+        const int64_t a = row_in ? lo : w, e = row_in ? hi : w;
+        const Tin* from = in + c * src.strides[0] + Z * src.strides[1] + Y * src.strides[2] + X0 * ss;
+        if (ds == 1 && ss == 1) {
+          std::fill(row, row + a, fill);
+          if (std::is_same<Tin, Tout>::value) std::memcpy(row + a, from + a, (e - a) * sizeof(Tout));
+          else std::copy(from + a, from + e, row + a);  // converts
+          std::fill(row + e, row + w, fill);
+        } else {
+          for (int64_t x = 0; x < a; ++x) row[x * ds] = fill;
+          for (int64_t x = a; x < e; ++x) row[x * ds] = static_cast<Tout>(from[x * ss]);
+          for (int64_t x = e; x < w; ++x) row[x * ds] = fill;
+        }
       }
-      for (int64_t x = hi; x < w; ++x) row[x * ds] = fill;
     }
   });
 }
