@@ -42,6 +42,25 @@ def test_multilabel_joins_only_equal_values(connectivity, rng):
     assert petfast.label(two, connectivity)[1] == 2
 
 
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_second_value_midway_switches_from_the_binary_path(connectivity, dtype, rng):
+    """The CPU labels one-valued masks by neighbour bit patterns until a second value turns up
+    (here in the middle of each thread's slab, and inside rows); both halves must agree with cc3d."""
+    mask = (rng.random((40, 70, 90)) < 0.5).astype(dtype) * 3
+    mask[5:16, 30:, 50:77] *= ((rng.random((11, 40, 27)) < 0.5) + 1).astype(dtype)  # values 3 and 6 here
+    mask[28:, 10:, 77:] *= 2  # and 6 only in the second 64-voxel word of later rows (another slab with 2 threads)
+    ref = reference(mask, connectivity)
+    before = petfast.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            petfast.set_num_threads(threads)
+            np.testing.assert_array_equal(petfast.label(mask, connectivity)[0], ref)
+            np.testing.assert_array_equal(petfast.label(np.asfortranarray(mask), connectivity)[0], ref)
+    finally:
+        petfast.set_num_threads(before)
+
+
 def shapes():
     z = np.zeros((12, 12, 12), np.uint8)
     spiral = z.copy()
