@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import metrics
+from . import _arrays, metrics
 from .data import Dataset
 from .io import atomic_write
 from .nnunet import preprocess as pre
@@ -391,10 +391,7 @@ def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str
 
 def _fits_on(device: torch.device, nbytes: int) -> bool:
     """Whether ``nbytes`` of cases may live on ``device``: at most half of its free memory."""
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _arrays._available_host_bytes() or 0
     return nbytes <= free // 2
 
 
