@@ -167,6 +167,22 @@ def test_distributed_training_on_two_cpu_processes(dataset, tmp_path):
     assert torch.equal(a, torch.cat([final[k].flatten() for k, _ in start.named_parameters()]))
 
 
+def test_torchrun_cli_trains_with_two_processes(dataset, tmp_path):
+    """The documented multi-GPU command, on two CPU processes: one model folder, one summary line."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "tr"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "petfast",
+                          "train", str(dataset), "--fold", "0", "-o", str(out), "--preset", "tiny", "--epochs", "1",
+                          "--iterations", "2", "--device", "cpu", "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("trained fold 0") == 1
+    assert "2 process(es)" in (out / "fold_0" / "training_log.txt").read_text()
+    assert load_checkpoint(out / "fold_0" / "checkpoint_final.pth")["current_epoch"] == 1
+
+
 def test_cli_train_and_resume(dataset, tmp_path, capsys):
     from petfast.cli import main
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -256,8 +257,9 @@ def _train(args) -> int:
     t0 = time.perf_counter()
     out = train(args.dataset, args.fold, args.out, plans=args.plans, preset=args.preset, options=options,
                 device=args.device, resume=not args.restart, progress=not args.quiet)
-    print(f"trained fold {args.fold} in {time.perf_counter() - t0:.0f} s -> {out} "
-          f"(use it with: petfast predict -m {out} -f {args.fold} -i INPUT -o OUTPUT)")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+        print(f"trained fold {args.fold} in {time.perf_counter() - t0:.0f} s -> {out} "
+              f"(use it with: petfast predict -m {out} -f {args.fold} -i INPUT -o OUTPUT)")
     return 0
 
 
