@@ -133,6 +133,25 @@ def test_preprocessed_cache_is_reused_and_rebuilt_when_the_plans_change(dataset,
     assert not np.array_equal(np.load(pt._cache_files(cache, ids[0])[0]), image)
 
 
+def test_pretrained_weights_start_a_new_run(dataset, tmp_path):
+    import petfast.train as pt
+
+    first = train(dataset, 0, tmp_path / "a", preset="tiny", options=quick(epochs=1), device="cpu", progress=False)
+    ckpt = first / "fold_0" / "checkpoint_final.pth"
+    weights = load_checkpoint(ckpt)["network_weights"]
+    plans = json.loads((first / "plans.json").read_text())
+    net = petfast.nnunet.build_network(plans, "3d_fullres", 2, 2)
+    pt._load_pretrained(net, ckpt)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, weights[k]) != (".seg_layers." in k), k  # all but the heads, which stay fresh
+    other = petfast.nnunet.build_network(petfast.nnunet.plans.preset_plans("small"), "3d_fullres", 2, 2)
+    with pytest.raises(ValueError, match="pretrained weights .*(lack|shape)"):
+        pt._load_pretrained(other, ckpt)
+    second = train(dataset, 0, tmp_path / "b", preset="tiny", options=quick(epochs=1), device="cpu", progress=False,
+                   pretrained_weights=ckpt)
+    assert f"weights from {ckpt}" in (second / "fold_0" / "training_log.txt").read_text()
+
+
 def _ddp_worker(rank, dataset, out, port):
     import petfast.train as pt
 

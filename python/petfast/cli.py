@@ -256,7 +256,8 @@ def _train(args) -> int:
                               max_val_cases=args.max_val_cases)
     t0 = time.perf_counter()
     out = train(args.dataset, args.fold, args.out, plans=args.plans, preset=args.preset, options=options,
-                device=args.device, resume=not args.restart, progress=not args.quiet)
+                device=args.device, resume=not args.restart, progress=not args.quiet,
+                pretrained_weights=args.pretrained_weights)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
         print(f"trained fold {args.fold} in {time.perf_counter() - t0:.0f} s -> {out} "
               f"(use it with: petfast predict -m {out} -f {args.fold} -i INPUT -o OUTPUT)")
@@ -363,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one fold of DATASET (nnU-Net layout with splits_final.json, e.g. from 'petfast phantom') "
                     "with nnU-Net's recipe (Dice + cross-entropy with deep supervision, SGD with Nesterov momentum, "
                     "poly learning rate, mirroring/rotation/scaling/intensity augmentation, float16 on CUDA). "
-                    "Patches are cut and augmented on the device from cases preprocessed once and held in memory. "
+                    "Cases are preprocessed once into OUT/preprocessed (reused by reruns) and held on the device when they "
+                    "fit in half its free memory (memory-mapped otherwise); patches are cut and augmented there. "
                     "OUT becomes an nnU-Net v2 model folder that both 'petfast predict' and nnUNetv2_predict load. "
                     "Rerunning the same command resumes from fold_K/checkpoint_latest.pth. Several GPUs: "
                     "torchrun --nproc_per_node N -m petfast train ...")
@@ -385,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     s.add_argument("--restart", action="store_true", help="ignore an existing checkpoint_latest.pth")
+    s.add_argument("--pretrained-weights", metavar="CHECKPOINT", default=None,
+                   help="start from this checkpoint's weights (all but the segmentation heads; same network), "
+                        "as nnU-Net's -pretrained_weights")
     s.add_argument("--quiet", action="store_true", help="no progress bars or log lines on the terminal")
     s.set_defaults(func=_train)
     return p

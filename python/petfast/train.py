@@ -191,11 +191,14 @@ def _validate(predictor, dataset: Dataset, val_ids) -> dict:
 
 
 def train(dataset, fold: int, out, plans=None, preset: str = "small", options: TrainingOptions | None = None,
-          device=None, resume: bool = True, progress: bool = True) -> Path:
+          device=None, resume: bool = True, progress: bool = True, pretrained_weights=None) -> Path:
     """Train fold ``fold`` of ``dataset`` (nnU-Net layout with splits_final.json) into the model
     folder ``out``; returns ``out``. ``plans``: an nnU-Net plans.json (path or dict) to use as is;
     otherwise ``preset`` ('small', 'default', 'tiny') on the training cases' median spacing, with CT
-    statistics from their lesion voxels. See the module notes for the recipe."""
+    statistics from their lesion voxels. ``pretrained_weights``: a checkpoint (nnU-Net's or petfast's)
+    whose weights start a new run, as nnU-Net's ``-pretrained_weights``: every weight but the
+    segmentation heads (``decoder.seg_layers.*``) must match the network in name and shape; a resumed
+    run ignores it. See the module notes for the recipe."""
     from .predictor import Predictor, _default_device
 
     options = options or TrainingOptions()
@@ -265,6 +268,9 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
         rng.bit_generator.state = state["petfast_rng"]["augment"]
         torch.set_rng_state(state["petfast_rng"]["torch"])
         log(f"resumed from {latest} at epoch {start}")
+    elif pretrained_weights is not None:
+        _load_pretrained(net, pretrained_weights)
+        log(f"weights from {pretrained_weights}")
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     net.decoder.deep_supervision = True
     mirror_axes = (0, 1, 2)
@@ -344,6 +350,22 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
     if world > 1:
         torch.distributed.barrier()
     return out
+
+
+def _load_pretrained(net, path) -> None:
+    """nnU-Net's load_pretrained_weights: all but the segmentation heads, names and shapes checked."""
+    weights = load_checkpoint(path)["network_weights"]
+    own = net.state_dict()
+    for key, value in own.items():
+        if ".seg_layers." in key:
+            continue
+        if key not in weights:
+            raise ValueError(f"pretrained weights {path} lack {key}: another architecture than the plans'")
+        if tuple(weights[key].shape) != tuple(value.shape):
+            raise ValueError(f"pretrained weights {path}: {key} has shape {tuple(weights[key].shape)}, "
+                             f"the network {tuple(value.shape)}")
+    own.update({k: v for k, v in weights.items() if k in own and ".seg_layers." not in k})
+    net.load_state_dict(own)
 
 
 def _plans_key(plans: dict, configuration: str) -> str:
