@@ -63,6 +63,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--pretrained", default=None, metavar="CHECKPOINT", help="start from these weights")
     ap.add_argument("--export", action="store_true", help="copy the model into the package")
     args = ap.parse_args()
     work = Path(args.work)
@@ -76,7 +77,7 @@ def main():
                          batch_dice=True)
     options = TrainingOptions(epochs=args.epochs, iterations=args.iterations, val_every=0, save_every=1,
                               max_val_cases=4)
-    train(ds, 0, work / "model", plans=plans, options=options, device=args.device)
+    train(ds, 0, work / "model", plans=plans, options=options, device=args.device, pretrained_weights=args.pretrained)
     # Training time over every invocation (a rerun with more epochs resumes with the longer schedule).
     log = load_checkpoint(work / "model" / "fold_0" / "checkpoint_final.pth")["logging"]
     seconds = sum(e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"]))
