@@ -1,10 +1,10 @@
 """Train petfast's shipped default model on synthetic studies, evaluate it on held-out ones, and export it.
 
-    python scripts/train_default_model.py --work /tmp/petfast-default --epochs 25
-    python scripts/train_default_model.py --work /tmp/petfast-default --epochs 110 --export
+    python scripts/train_default_model.py --work /tmp/petfast-default --export   (the shipped model:
+    25 epochs, about 25 min on a 2-core CPU)
 
-(the second run resumes the first at epoch 25 with the longer learning-rate schedule; this is how
-the shipped model was made, about 2 h on a 2-core CPU, minutes on a GPU).
+Rerunning with a larger --epochs resumes the run with the longer learning-rate schedule;
+--pretrained CHECKPOINT starts from other weights (e.g. on a larger --cases set).
 
 1. ``petfast phantom``: --cases synthetic FDG and PSMA studies (seed 2026) at half the scanners'
    resolution (PET 4.07 x 4.07 x 6 mm for FDG), in nnU-Net layout with 5 folds.
