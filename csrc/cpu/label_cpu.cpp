@@ -33,11 +33,18 @@ inline int32_t find_root(std::vector<int32_t>& parent, int32_t x) {
   return x;
 }
 
+// Joins the trees of the roots `root` and `other`; returns the new root (the smaller).
+inline int32_t link_roots(std::vector<int32_t>& parent, int32_t root, int32_t other) {
+  if (other < root) {
+    parent[root] = other;
+    return other;
+  }
+  if (root < other) parent[other] = root;
+  return root;
+}
+
 inline void unite(std::vector<int32_t>& parent, int32_t a, int32_t b) {
-  a = find_root(parent, a);
-  b = find_root(parent, b);
-  if (a < b) parent[b] = a;
-  else if (b < a) parent[a] = b;
+  link_roots(parent, find_root(parent, a), find_root(parent, b));
 }
 
 struct Offset {
@@ -258,13 +265,7 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
       if (theirs == mine) continue;
       // A second label: join the two trees, keeping the root found so far for the next ones.
       if (mine_root == 0) mine_root = find_root(parent, mine);
-      const int32_t their_root = find_root(parent, theirs);
-      if (their_root < mine_root) {
-        parent[mine_root] = their_root;
-        mine_root = their_root;
-      } else if (mine_root < their_root) {
-        parent[their_root] = mine_root;
-      }
+      mine_root = link_roots(parent, mine_root, find_root(parent, theirs));
     }
     return mine_root != 0 ? mine_root : mine;
   };
@@ -325,15 +326,8 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
                   mine = o[bit_step[(e >> 3) & 15u]];
                   if (n > 1) {
                     int32_t root = find_root(parent, mine);
-                    for (uint32_t g = 1; g < n; ++g) {
-                      const int32_t theirs = find_root(parent, o[bit_step[(e >> (3 + 4 * g)) & 15u]]);
-                      if (theirs < root) {
-                        parent[root] = theirs;
-                        root = theirs;
-                      } else if (root < theirs) {
-                        parent[theirs] = root;
-                      }
-                    }
+                    for (uint32_t g = 1; g < n; ++g)
+                      root = link_roots(parent, root, find_root(parent, o[bit_step[(e >> (3 + 4 * g)) & 15u]]));
                     mine = root;
                   }
                 }
