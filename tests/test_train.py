@@ -60,7 +60,10 @@ def test_training_lowers_the_loss_and_writes_a_model_nnunet_loads(dataset, tmp_p
     assert (out / "fold_0" / "checkpoint_best.pth").is_file() and (out / "fold_0" / "training_log.txt").is_file()
     assert "validation Dice" in (out / "fold_0" / "training_log.txt").read_text()
     # Trained in channels-last layout on the CPU, saved in the standard layout that every loader expects.
-    assert all(v.is_contiguous() for v in ckpt["network_weights"].values())
+    weights = ckpt["network_weights"]
+    assert all(v.is_contiguous() for v in weights.values())
+    conv = "encoder.stages.0.0.convs.0."
+    assert weights[conv + "conv.weight"].data_ptr() == weights[conv + "all_modules.0.weight"].data_ptr()  # saved once
     # nnU-Net's own predictor loads the folder and agrees with petfast's.
     nnpred = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
     p = nnpred.nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False, device=torch.device("cpu"),

@@ -279,7 +279,9 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
     mirror_axes = (0, 1, 2)
 
     def checkpoint(path, epoch):
-        weights = {k: v.contiguous() for k, v in net.state_dict().items()}
+        # Standard layout for every loader; alias keys (all_modules.*) keep sharing one tensor.
+        standard = {}
+        weights = {k: standard.setdefault(v.data_ptr(), v.contiguous()) for k, v in net.state_dict().items()}
         save_checkpoint(path, weights, plans, dataset_json, configuration, fold, mirror_axes, overwrite=True,
                         optimizer_state=opt.state_dict(),
                         grad_scaler_state=scaler.state_dict() if scaler is not None else None,
