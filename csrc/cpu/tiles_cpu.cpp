@@ -32,11 +32,14 @@ void gather_typed(const NdView& src, const NdView& dst, const TileOrigins& o, do
         Tout* row = out + b * dst.strides[0] + c * dst.strides[1] + z * dst.strides[2] + y * dst.strides[3];
         const bool row_in = plane_in && Y >= 0 && Y < src.shape[2];
         const int64_t a = row_in ? lo : w, e = row_in ? hi : w;
-        const Tin* from = in + c * src.strides[0] + Z * src.strides[1] + Y * src.strides[2] + X0 * ss;
+        // Rows outside the volume copy nothing (a == e).
+        const Tin* from = row_in ? in + c * src.strides[0] + Z * src.strides[1] + Y * src.strides[2] + X0 * ss : in;
         if (ds == 1 && ss == 1) {
           std::fill(row, row + a, fill);
-          if (std::is_same<Tin, Tout>::value) std::memcpy(row + a, from + a, (e - a) * sizeof(Tout));
-          else std::copy(from + a, from + e, row + a);  // converts
+          if (e > a) {
+            if (std::is_same<Tin, Tout>::value) std::memcpy(row + a, from + a, (e - a) * sizeof(Tout));
+            else std::copy(from + a, from + e, row + a);  // converts
+          }
           std::fill(row + e, row + w, fill);
         } else {
           for (int64_t x = 0; x < a; ++x) row[x * ds] = fill;

@@ -235,7 +235,7 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
     n_in, n_out = len(dataset_json["channel_names"]), len(dataset_json["labels"])
     torch.manual_seed(options.seed)
     net = build_network(plans, configuration, n_in, n_out).to(device)
-    # oneDNN's 3D convolutions run about 2.5x faster per training step in channels-last layout on the CPU.
+    # oneDNN's 3D convolutions are faster in channels-last layout (a CPU training step: 0.85 s instead of 1.1 s).
     memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     predictor = Predictor([net], plans, dataset_json, configuration, mirror_axes=(), device=device, tta=False)
@@ -279,10 +279,7 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
     mirror_axes = (0, 1, 2)
 
     def checkpoint(path, epoch):
-        # Standard layout for every loader; alias keys (all_modules.*) keep sharing one tensor.
-        standard = {}
-        weights = {k: standard.setdefault(v.data_ptr(), v.contiguous()) for k, v in net.state_dict().items()}
-        save_checkpoint(path, weights, plans, dataset_json, configuration, fold, mirror_axes, overwrite=True,
+        save_checkpoint(path, net.state_dict(), plans, dataset_json, configuration, fold, mirror_axes, overwrite=True,
                         optimizer_state=opt.state_dict(),
                         grad_scaler_state=scaler.state_dict() if scaler is not None else None,
                         logging=logging, current_epoch=epoch, _best_ema=best_ema,

@@ -57,7 +57,11 @@ def save_checkpoint(path, network_weights: dict, plans: dict, dataset_json: dict
                     mirror_axes=(0, 1, 2), overwrite: bool = False, **state) -> Path:
     """Write an nnU-Net v2 checkpoint atomically. ``state`` adds or replaces keys (optimizer_state,
     grad_scaler_state, logging, current_epoch, _best_ema, ...)."""
-    ckpt = {"network_weights": {k: v.detach().cpu() for k, v in network_weights.items()},
+    # Standard (contiguous) layout whatever the network trained in; alias keys (all_modules.*) keep
+    # sharing one tensor, so it is stored once.
+    standard = {}
+    ckpt = {"network_weights": {k: standard.setdefault((v.data_ptr(), v.shape, v.stride()), v.detach().cpu().contiguous())
+                                for k, v in network_weights.items()},
             "optimizer_state": None, "grad_scaler_state": None,
             "logging": {k: [] for k in ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region", "train_losses",
                                         "val_losses", "lrs", "epoch_start_timestamps", "epoch_end_timestamps")},
