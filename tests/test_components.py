@@ -167,3 +167,58 @@ def test_cuda_matches_cpu(connectivity, density, rng):
         gpu, n_gpu = petfast.label(variant, connectivity)
         assert gpu.is_cuda and n_gpu == n_cpu
         np.testing.assert_array_equal(gpu.cpu().numpy(), cpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(shapes()))
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_cuda_structured_shapes(name, connectivity):
+    torch = pytest.importorskip("torch")
+    mask = shapes()[name]
+    cpu, n_cpu = petfast.label(mask, connectivity)
+    gpu, n_gpu = petfast.label(torch.from_numpy(mask).cuda(), connectivity)
+    assert n_gpu == n_cpu
+    np.testing.assert_array_equal(gpu.cpu().numpy(), cpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("connectivity", [6, 26])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float32, bool])
+def test_cuda_large_volumes_are_race_free(connectivity, dtype, rng):
+    """Dense noise on a volume of many blocks, where unions from different threads collide most;
+    labelled three times, each run must equal the CPU twin."""
+    torch = pytest.importorskip("torch")
+    mask = (rng.random((70, 150, 170)) < 0.5).astype(dtype)
+    if dtype is not bool:
+        mask = mask * rng.integers(1, 3, mask.shape).astype(dtype)  # multi-label: equal values join
+    cpu, n_cpu = petfast.label(mask, connectivity)
+    x = torch.from_numpy(mask).cuda()
+    for _ in range(3):
+        gpu, n_gpu = petfast.label(x, connectivity)
+        assert n_gpu == n_cpu
+        np.testing.assert_array_equal(gpu.cpu().numpy(), cpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not organ_maps(), reason="../shared/data/organs not present")
+def test_cuda_real_organ_maps():
+    torch = pytest.importorskip("torch")
+    from petfast import io
+
+    for path in organ_maps()[::2]:
+        organs = io.load(path).data  # Fortran-ordered: the kernel reads it through its strides
+        for connectivity in (6, 26):
+            cpu, n_cpu = petfast.label(organs, connectivity)
+            gpu, n_gpu = petfast.label(torch.from_numpy(organs).cuda(), connectivity)
+            assert n_gpu == n_cpu > 5, path.name
+            assert np.array_equal(gpu.cpu().numpy(), cpu), path.name
+
+
+@pytest.mark.cuda
+def test_cuda_remove_small_matches_cpu(rng):
+    torch = pytest.importorskip("torch")
+    mask = (rng.random((40, 41, 42)) < 0.25).astype(np.uint8)
+    cpu = petfast.remove_small(mask, min_voxels=4, connectivity=6)
+    gpu = petfast.remove_small(torch.from_numpy(mask).cuda(), min_voxels=4, connectivity=6)
+    assert gpu.is_cuda and gpu.dtype == torch.uint8 and 0 < cpu.sum() < mask.sum()
+    np.testing.assert_array_equal(gpu.cpu().numpy(), cpu)

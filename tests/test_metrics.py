@@ -243,3 +243,21 @@ def test_cuda_stats_match_cpu(rng):
     m_cpu = metrics.autopet(mask, np.roll(mask, 1, 0), 0.1)
     m_gpu = metrics.autopet(torch.from_numpy(mask).cuda(), torch.from_numpy(np.roll(mask, 1, 0)).cuda(), 0.1)
     assert m_gpu == pytest.approx(m_cpu, nan_ok=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("image_dtype", [np.float32, np.int16, None])
+def test_cuda_stats_on_many_components(image_dtype, rng):
+    """Many components on a volume of many blocks (atomics from all of them), every image kind,
+    and a volume without components."""
+    torch = pytest.importorskip("torch")
+    labels, count = petfast.label((rng.random((60, 130, 140)) < 0.3).astype(np.uint8), 6)
+    image = None if image_dtype is None else (rng.normal(size=labels.shape) * 100).astype(image_dtype)
+    cpu = petfast.component_stats(labels, image, (2.0, 2.0, 3.0))
+    gpu = petfast.component_stats(torch.from_numpy(labels).cuda(),
+                                  None if image is None else torch.from_numpy(image).cuda(), (2.0, 2.0, 3.0))
+    assert count > 1000 and set(gpu) == set(cpu)
+    for key in cpu:
+        np.testing.assert_allclose(gpu[key], cpu[key], rtol=1e-9, err_msg=key)
+    empty = petfast.component_stats(torch.zeros((5, 6, 7), dtype=torch.int32, device="cuda"))
+    assert all(len(v) == 0 for v in empty.values())

@@ -301,3 +301,41 @@ def test_sampler_in_a_torch_dataloader(rng):
         assert all(x.shape == (2, 2, 8, 8, 8) and y.dtype == torch.int16 for x, y in batches)
         if workers == 2:  # workers draw different patches
             assert not torch.equal(batches[0][0], batches[1][0])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint8])
+def test_cuda_gather_every_case_matches_cpu(dtype, rng):
+    """Tiles inside, across each border, larger than the volume and wholly outside; float32 tiles and
+    tiles of the volume's dtype; a strided (channel-sliced) volume."""
+    torch = pytest.importorskip("torch")
+    volume = (rng.normal(size=(3, 33, 40, 27)) * 50).astype(dtype)
+    origins = [(0, 0, 0), (-5, 30, 20), (20, -7, -3), (-10, -10, -10), (40, 50, 30), (5, 6, 7)]
+    for out_dtype in (np.float32, dtype):
+        for step in (1, 2):
+            cpu = patches.gather_tiles(volume[::step], origins, (24, 17, 40), pad=-3, dtype=out_dtype)
+            gpu = patches.gather_tiles(torch.from_numpy(volume).cuda()[::step], origins, (24, 17, 40), pad=-3,
+                                       dtype=out_dtype)
+            assert gpu.is_cuda and gpu.dtype == torch.from_numpy(cpu).dtype
+            np.testing.assert_array_equal(gpu.cpu().numpy(), cpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("channels", [1, 3])
+def test_cuda_accumulate_and_finalize_match_cpu(channels, rng):
+    torch = pytest.importorskip("torch")
+    shape, patch = (channels, 50, 61, 47), (32, 32, 32)
+    origins = patches.tile_origins(shape[1:], patch, 0.5)
+    tiles = rng.normal(size=(len(origins), channels) + patch).astype(np.float32)
+    g = patches.gaussian_importance_map(patch)
+    acc, weight = np.zeros(shape, np.float32), np.zeros(shape[1:], np.float32)
+    patches.accumulate_tiles(acc, weight, tiles, origins, g)
+    acc_g, weight_g = torch.zeros(shape, device="cuda"), torch.zeros(shape[1:], device="cuda")
+    patches.accumulate_tiles(acc_g, weight_g, torch.from_numpy(tiles).cuda(), origins, torch.from_numpy(g).cuda())
+    np.testing.assert_allclose(acc_g.cpu().numpy(), acc, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(weight_g.cpu().numpy(), weight, rtol=1e-6)
+    acc /= weight
+    acc_g /= weight_g
+    labels, labels_g = patches.finalize(acc), patches.finalize(acc_g)
+    assert labels_g.is_cuda and labels_g.dtype == torch.uint8
+    assert (labels_g.cpu().numpy() != labels).mean() < 1e-4

@@ -1,29 +1,70 @@
 #!/usr/bin/env bash
-# One-shot GPU check: build with nvcc, run the whole test suite (every CUDA test of every kernel:
-# resampling, labelling, component statistics, tiles, the Predictor, training), then the GPU benchmarks at full size; logs
-# and JSON land in $OUT (bench/results/gpu-local here).
-#   bash bench/gpu/run.sh            (on a machine with a CUDA GPU, nvcc, torch, pytest-benchmark)
+# One-shot GPU check, in priority order inside a time budget (device time is scarce): build with nvcc,
+# the CUDA tests of every kernel (resampling, labelling, component statistics, tiles, the Predictor,
+# training), the kernel benchmarks, the whole-body inference benchmarks against nnU-Net, then the rest
+# of the test suite if time is left. Logs and JSON land in $OUT (bench/results/gpu-local here).
+#   bash bench/gpu/run.sh                 (a machine with a CUDA GPU, nvcc, torch, pytest-benchmark)
+#   BUDGET=300 STAGES="build cuda-tests kernels" bash bench/gpu/run.sh
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu-local}
+BUDGET=${BUDGET:-480}  # seconds for the whole script; each stage gets what is left
+STAGES=${STAGES:-"build cuda-tests kernels predict other-tests"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-# Wheels carried along for packages the GPU machine lacks (nibabel; nnunetv2 and its dependencies for the
-# nnU-Net side of the inference benchmarks, which are skipped without them); see the device notes in README.
+deadline=$(( $(date +%s) + BUDGET ))
+left() { echo $(( deadline - $(date +%s) )); }
+want() { [[ " $STAGES " == *" $1 "* ]] && [ "$(left)" -gt "${2:-20}" ]; }
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+
+# Wheels carried along (see the device notes in README): nibabel and cc3d for the tests; nnU-Net and
+# its pure-Python dependencies under .whl/nnunet for the inference benchmarks only.
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
+if ls .whl/nnunet/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-nn .whl/nnunet/*.whl
+  # nnU-Net imports SimpleITK at start-up; its 53 MB wheel does not fit the transfer. The benchmark's
+  # model folder makes nnU-Net read with nibabel, so this stand-in is only imported, never used.
+  python3 -c "import SimpleITK" 2>/dev/null || { mkdir -p /tmp/site-nn/SimpleITK; cat >/tmp/site-nn/SimpleITK/__init__.py <<'EOF'
+def __getattr__(name):
+    raise ImportError(f"SimpleITK.{name}: a stand-in for nnU-Net's imports; SimpleITK is not installed here")
+EOF
+  }
+fi
 [ -d .shared/data ] && export PETFAST_SHARED_DATA=$PWD/.shared/data
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 nvcc --version | tail -1 | tee -a "$OUT/gpu.txt"
-t0=$(date +%s)
-# Only the local architecture: a full multi-arch build is what CI compiles.
-PETFAST_CUDA=ON CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=native" \
-  python3 -m pip install --no-build-isolation --no-deps -v . >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu.txt"
+
+if want build 60; then
+  t0=$(date +%s)
+  # Only the local architecture: the multi-architecture build is what CI compiles.
+  PETFAST_CUDA=ON CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=native" timeout $(( $(left) - 30 )) \
+    python3 -m pip install --no-build-isolation --no-deps -v . >"$OUT/build.log" 2>&1 \
+    || { tail -40 "$OUT/build.log"; note "build FAILED"; exit 1; }
+  note "build: $(( $(date +%s) - t0 )) s"
+fi
 cd /tmp  # import the installed package, not the source tree
-python3 -c "import petfast; print('cuda_available', petfast.cuda_available()); assert petfast.cuda_available()" || exit 1
+python3 -c "import petfast, torch; print('petfast', petfast.__version__, 'cuda_available', petfast.cuda_available(), 'torch', torch.__version__); assert petfast.cuda_available()" \
+  | tee -a "$OUT/gpu.txt" || { note "petfast does not see the GPU"; exit 1; }
 cd - >/dev/null
-python3 -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -25
-# GPU benchmarks only (the CPU ones are measured on the development machine): device time is scarce.
-python3 -m pytest bench --full -q -p no:cacheprovider -k gpu --benchmark-json="$OUT/bench_full.json" 2>&1 \
-  | tee "$OUT/bench.log" | grep -A40 "against peers"
+
+pytest_stage() {  # name, pytest arguments...
+  local name=$1; shift
+  local t0=$(date +%s)
+  timeout $(( $(left) - 10 )) python3 -m pytest -q -rs -p no:cacheprovider --timeout=180 "$@" 2>&1 | tee "$OUT/$name.log" | tail -30
+  note "$name: $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)' "$OUT/$name.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
+}
+
+# Every CUDA test, first: correctness before speed.
+want cuda-tests 60 && pytest_stage cuda-tests tests -m cuda --junitxml="$OUT/cuda-tests.xml"
+# Kernel benchmarks (labelling, tiles, resampling) against cupyx / torch / a copy.
+want kernels 60 && pytest_stage kernels bench --full -k "gpu and not predict" --benchmark-max-time=0.5 \
+  --benchmark-json="$OUT/bench_kernels.json"
+# Whole-body inference against nnU-Net (needs .whl/nnunet; its runs are skipped without it).
+want predict 120 && PYTHONPATH=$PYTHONPATH:/tmp/site-nn pytest_stage predict bench/test_bench_predict.py --full -k gpu \
+  --benchmark-json="$OUT/bench_predict.json"
+want other-tests 60 && pytest_stage other-tests tests -m "not cuda" -n 8
+
+echo; echo "== summary"; printf '%s\n' "${summary[@]}"
+grep -h -A60 "against peers" "$OUT"/kernels.log "$OUT"/predict.log 2>/dev/null | grep -v "^--$"
