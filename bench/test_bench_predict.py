@@ -21,11 +21,10 @@ from _benchdata import synced  # noqa: E402
 
 def _model(path, preset, reader=None):
     plans = preset_plans(preset)
-    dataset = make_dataset_json()
     if reader:  # nnU-Net's image reader; petfast reads NIfTI itself whatever this says
-        dataset["overwrite_image_reader_writer"] = reader
+        plans["image_reader_writer"] = reader
     torch.manual_seed(0)
-    return write_model_folder(path, plans, dataset, {0: build_network(plans, "3d_fullres", 2, 2).state_dict()})
+    return write_model_folder(path, plans, make_dataset_json(), {0: build_network(plans, "3d_fullres", 2, 2).state_dict()})
 
 
 def _case(shape_zyx, seed=0):

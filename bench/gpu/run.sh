@@ -17,8 +17,9 @@ want() { [[ " $STAGES " == *" $1 "* ]] && [ "$(left)" -gt "${2:-20}" ]; }
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
 
-# Wheels carried along (see the device notes in README): nibabel and cc3d for the tests; nnU-Net and
-# its pure-Python dependencies under .whl/nnunet for the inference benchmarks only.
+# Wheels carried along (see the device notes in README): petfast's own dependencies (nibabel, isal,
+# deflate: without the last two its NIfTI I/O falls back to zlib) and cc3d for the tests; nnU-Net and
+# its dependencies under .whl/nnunet for the inference benchmarks only.
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
@@ -49,6 +50,8 @@ python3 -c "import petfast, torch; print('petfast', petfast.__version__, 'cuda_a
   | tee -a "$OUT/gpu.txt" || { note "petfast does not see the GPU"; exit 1; }
 cd - >/dev/null
 
+# pytest-timeout cannot stop a kernel that never returns (the GIL is released while it waits), so
+# each stage also runs under `timeout`, and its log keeps what ran before.
 pytest_stage() {  # name, pytest arguments...
   local name=$1; shift
   local t0=$(date +%s)

@@ -87,7 +87,8 @@ class Predictor:
     ``tta`` (mirroring test-time augmentation over the checkpoint's axes, nnU-Net's default: 8x the
     work for 3 axes); ``batch_size`` (network passes per forward call, mirrored copies included;
     default 8 on CUDA, 2 on the CPU); ``precision`` ('auto' = float16 autocast on CUDA as nnU-Net,
-    float32 on the CPU; or 'fp16', 'bf16', 'fp32'); ``progress`` (a bar per case).
+    float32 on the CPU; or 'fp16', 'bf16', 'fp32', which on CUDA also turns off TF32 convolutions);
+    ``progress`` (a bar per case).
     """
 
     def __init__(self, networks, plans, dataset_json: dict, configuration: str = "3d_fullres",
@@ -330,7 +331,12 @@ class Predictor:
         mirrors = self._mirrors()
         x = torch.cat([torch.flip(tiles, m) if m else tiles for m in mirrors]) if len(mirrors) > 1 else tiles
         dtype = _PRECISIONS[self.precision]
-        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        if dtype is not None:
+            autocast = torch.autocast(self.device.type, dtype=dtype)
+        elif self.device.type == "cuda":  # fp32 means fp32: no TF32 convolutions (cuDNN's default)
+            autocast = torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=False)
+        else:
+            autocast = nullcontext()
         total = None
         with autocast:
             for net in self.networks:

@@ -214,6 +214,8 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
             else torch.device("cpu")
     device = torch.device(device)
     if device.type == "cuda":
+        if device.index is None:  # set_device needs an index
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     out = Path(out)
     fold_dir = out / f"fold_{fold}"
