@@ -449,13 +449,17 @@ class Predictor:
             from tqdm import tqdm
 
             bar = tqdm(total=len(cases), desc="predict", unit="case")
-        with concurrent.futures.ThreadPoolExecutor(1) as reader, concurrent.futures.ThreadPoolExecutor(1) as writer:
-            pending = reader.submit(_read_case, cases[0]) if cases else None
+        # One reader per channel file: decompression releases the GIL, so a case reads in the time of its
+        # largest file (the PET), and the next case is read while this one runs.
+        with concurrent.futures.ThreadPoolExecutor(len(self.channel_names)) as reader, \
+                concurrent.futures.ThreadPoolExecutor(1) as writer:
+            read = lambda case: [reader.submit(io.load, p) for p in case.files]  # noqa: E731
+            pending = read(cases[0]) if cases else None
             writes = []
             for i, case in enumerate(cases):
                 t0 = time.perf_counter()
-                images = pending.result()
-                pending = reader.submit(_read_case, cases[i + 1]) if i + 1 < len(cases) else None
+                images = [f.result() for f in pending]
+                pending = read(cases[i + 1]) if i + 1 < len(cases) else None
                 t_read = time.perf_counter() - t0
                 channels, ref = self._case_channels(case, images)
                 result = self.predict(channels, ref.affine, probabilities=probabilities)
@@ -516,10 +520,6 @@ def _deliver(x: torch.Tensor, kind: str, device):
     if kind == "numpy":
         return x.cpu().numpy()
     return x.to(device)
-
-
-def _read_case(case: Case) -> list:
-    return [io.load(p) for p in case.files]
 
 
 def _write_case(paths: dict, mask, probs, pet, ref: io.NiftiImage, overwrite: bool) -> None:
