@@ -3,7 +3,8 @@
 CPU (what CI runs): arrays in, mask out, without mirroring, a tiny network on a small case (--full:
 the 'small' preset on an 82 x 100 x 100 case). GPU (``-k gpu``, on a CUDA machine): the autoPET IV
 baseline's network ('default' preset, 30.8 M parameters) on a whole-body 326 x 400 x 400 case, end to
-end from files to files, and the network stage alone.
+end from files to files, the network stage alone, and a cohort of 4 such cases (cases per minute,
+reading overlapped with inference; nnU-Net's run of it takes about 2 minutes).
 """
 import numpy as np
 import pytest
@@ -135,3 +136,54 @@ def test_gpu_network_nnunet(benchmark, record, gpu_setup):
     benchmark.group = "sliding-window-gpu-no-tta"
     benchmark.pedantic(synced(p.predict_sliding_window_return_logits), (data,), rounds=3, warmup_rounds=1)
     record(benchmark.group, "nnU-Net predict_sliding_window_return_logits")
+
+
+# --- GPU: a cohort, reading overlapped with inference ---------------------------------------------
+
+COHORT = 4
+
+
+@pytest.fixture(scope="module")
+def gpu_cohort(gpu_setup):
+    """COHORT copies (hard links) of the whole-body case, as separate cases of one input folder."""
+    import os
+
+    root, model, _ = gpu_setup
+    folder = root / "cohort"
+    folder.mkdir(exist_ok=True)
+    for i in range(COHORT):
+        for c in range(2):
+            target = folder / f"case{i}_{c:04d}.nii.gz"
+            if not target.exists():
+                os.link(root / "in" / f"case_{c:04d}.nii.gz", target)
+    return folder, model
+
+
+@pytest.mark.cuda
+def test_gpu_cohort_petfast(benchmark, record, gpu_cohort):
+    folder, model = gpu_cohort
+    pred = petfast.Predictor.from_nnunet(model, tta=False, device="cuda")
+    benchmark.group = f"predict-cohort-gpu-{COHORT}-cases-no-tta"
+    benchmark.pedantic(lambda: pred.predict_files(folder, folder.parent / "cohort-petfast", overwrite=True,
+                                                  progress=False), rounds=2, warmup_rounds=1)
+    benchmark.extra_info["cases_per_minute"] = COHORT * 60 / benchmark.stats.stats.median
+    record(benchmark.group, "petfast")
+
+
+@pytest.mark.cuda
+def test_gpu_cohort_nnunet(benchmark, record, gpu_cohort):
+    import shutil
+
+    folder, model = gpu_cohort
+    p = _nnunet(model, torch.device("cuda"))
+    out = folder.parent / "cohort-nnunet"
+
+    def run():
+        shutil.rmtree(out, ignore_errors=True)
+        p.predict_from_files(str(folder), str(out), save_probabilities=False, overwrite=True,
+                             num_processes_preprocessing=2, num_processes_segmentation_export=2)
+
+    benchmark.group = f"predict-cohort-gpu-{COHORT}-cases-no-tta"
+    benchmark.pedantic(run, rounds=1)  # about 26 s a case (anchors.md)
+    benchmark.extra_info["cases_per_minute"] = COHORT * 60 / benchmark.stats.stats.median
+    record(benchmark.group, "nnU-Net predict_from_files")
