@@ -130,6 +130,13 @@ def test_preprocessed_cache_is_reused_and_rebuilt_when_the_plans_change(dataset,
     (out / "fold_0" / "checkpoint_latest.pth").unlink()  # start over: the cache serves the new run
     train(dataset, 0, out, preset="tiny", options=quick(epochs=1), device="cpu", progress=False)
     assert f"0 preprocessed, {len(ids)} from" in log.read_text()
+    # An edited raw case (here only its modification time) is preprocessed again, the others not.
+    raw = petfast.data.Dataset(dataset).cases[ids[0]].images[1]
+    st = raw.stat()
+    os.utime(raw, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    (out / "fold_0" / "checkpoint_latest.pth").unlink()
+    train(dataset, 0, out, preset="tiny", options=quick(epochs=1), device="cpu", progress=False)
+    assert f"1 preprocessed, {len(ids) - 1} from" in log.read_text()
     (out / "fold_0" / "checkpoint_latest.pth").unlink()
     plans = json.loads((out / "plans.json").read_text())
     plans["foreground_intensity_properties_per_channel"]["0"]["mean"] += 1.0  # other CT normalisation

@@ -4,8 +4,9 @@
 
 * Cases are preprocessed once as at inference (crop, normalise, resize to the plans' spacing; the
   :class:`~petfast.Predictor`'s own code) into ``OUT/preprocessed/`` (``CASE.npy`` float32 image,
-  ``CASE_seg.npy`` int16 label, ``CASE_locations.npy`` nnU-Net's foreground sample), which reruns,
-  resumed runs and other folds reuse while the plans are unchanged. When they fit in half of the
+  ``CASE_seg.npy`` int16 label, ``CASE_locations.npy`` nnU-Net's foreground sample,
+  ``CASE_source.txt`` the raw files' sizes and times), which reruns, resumed runs and other folds
+  reuse while the plans and the case's raw files are unchanged. When they fit in half of the
   training device's free memory they are kept there, so patches are cut on the device by petfast's
   tile kernel (:class:`~petfast.patches.PatchSampler`: one third of each batch centred on foreground,
   nnU-Net's rule) with no CPU data-loading workers; a cohort too large for that (autoPET is about
@@ -386,6 +387,19 @@ def _cache_files(cache: Path, cid: str) -> tuple[Path, Path, Path]:
     return cache / f"{cid}.npy", cache / f"{cid}_seg.npy", cache / f"{cid}_locations.npy"
 
 
+def _source_stamp(dataset: Dataset, cid: str) -> str:
+    """The raw files a cached case was made from (name, size, modification time): an edited or
+    replaced case no longer matches, and is preprocessed again."""
+    case = dataset.cases[cid]
+    files = [*case.images, case.label] if case.label is not None else list(case.images)
+    return "\n".join(f"{f.name} {st.st_size} {st.st_mtime_ns}" for f in files for st in [f.stat()])
+
+
+def _cached(cache: Path, cid: str, stamp: str) -> bool:
+    source = cache / f"{cid}_source.txt"
+    return all(f.is_file() for f in _cache_files(cache, cid)) and source.is_file() and source.read_text() == stamp
+
+
 def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str, rank: int, world: int) -> int:
     """Preprocess the cases of ``ids`` missing from ``cache`` (each process a share); returns how many.
     A cache made with other plans is emptied first."""
@@ -393,12 +407,13 @@ def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str
     if rank == 0:
         cache.mkdir(parents=True, exist_ok=True)
         if not stamp.is_file() or stamp.read_text() != key:
-            for f in cache.glob("*.npy"):
+            for f in [*cache.glob("*.npy"), *cache.glob("*_source.txt")]:
                 f.unlink()
             atomic_write(stamp, lambda f: f.write(key.encode()), overwrite=True)
     if world > 1:
         torch.distributed.barrier()
-    todo = [cid for cid in ids if not all(f.is_file() for f in _cache_files(cache, cid))]
+    stamps = {cid: _source_stamp(dataset, cid) for cid in ids}
+    todo = [cid for cid in ids if not _cached(cache, cid, stamps[cid])]
     with torch.no_grad():
         for cid in todo[rank::world]:
             st = dataset.load(cid)
@@ -409,9 +424,10 @@ def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str
             locations = class_locations(label)
             rows = [np.concatenate([np.full((len(v), 1), c), v], 1) for c, v in locations.items()]
             rows = np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
-            # The locations last: a case counts as cached once all three files exist.
             for path, array in zip(_cache_files(cache, cid), (image.cpu().numpy(), label, rows.astype(np.int64))):
                 atomic_write(path, lambda f, a=array: np.save(f, a), overwrite=True)
+            # The source stamp last: a case counts as cached once it is there and matches.
+            atomic_write(cache / f"{cid}_source.txt", lambda f, t=stamps[cid]: f.write(t.encode()), overwrite=True)
     if world > 1:
         torch.distributed.barrier()
     return len(todo)
