@@ -47,7 +47,7 @@ CASES = ["organs", "organs-binary", "noise50"]
 @pytest.fixture(scope="module")
 def gpu_masks(masks):
     """The GPU peers' cases of ../shared/reference/ccl.md section 6 on the same grid: 40 ellipsoids
-    (radius 2-20 voxels, about 0.5 % foreground) and smoothed noise above its 70th percentile."""
+    (radius 2-20 voxels, about 0.4 % foreground) and smoothed noise above its 70th percentile."""
     import scipy.ndimage as ndi
 
     shape = masks["noise50"].shape
