@@ -29,7 +29,7 @@ int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volu
     require(scratch.device == src.device, "internal: label scratch on another device");
     return label_cuda(src, dst, connectivity, scratch, stream);
 #else
-    throw std::invalid_argument("petfast was built without CUDA kernels; pass a CPU array or install a CUDA build");
+    no_cuda();
 #endif
   }
   return label_cpu(src, dst, connectivity, order);
@@ -53,7 +53,7 @@ void component_stats(const Volume& labels, const Volume* image, int64_t count, c
     component_stats_cuda(labels, image, count, static_cast<double*>(acc.data), static_cast<int32_t*>(box.data), stream);
     return;
 #else
-    throw std::invalid_argument("petfast was built without CUDA kernels; pass a CPU array or install a CUDA build");
+    no_cuda();
 #endif
   }
   component_stats_cpu(labels, image, count, static_cast<double*>(acc.data), static_cast<int32_t*>(box.data));

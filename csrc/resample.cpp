@@ -16,12 +16,6 @@ void check_same_device(const Volume& a, const Volume& b) {
   require(a.device == b.device, "source and destination live on different devices");
 }
 
-#ifndef PETFAST_WITH_CUDA
-[[noreturn]] void no_cuda() {
-  throw std::invalid_argument("petfast was built without CUDA kernels; pass a CPU array or install a CUDA build");
-}
-#endif
-
 void check_scratch(const Volume& v, const Volume& like, const char* name) {
   require(v.dtype == DType::Float32 && v.c_contiguous(), std::string(name) + " must be a C-contiguous float32 buffer");
   for (int a = 0; a < 3; ++a) require(v.shape[a] == like.shape[a], std::string(name) + " must have the source's shape");

@@ -10,10 +10,6 @@ void same_device(const NdView& a, const NdView& b, const char* what) {
   require(a.device == b.device, std::string(what) + ": arrays live on different devices");
 }
 
-[[noreturn]] void no_cuda() {
-  throw std::invalid_argument("petfast was built without CUDA kernels; pass CPU arrays or install a CUDA build");
-}
-
 }  // namespace
 
 void gather_tiles(const NdView& src, const NdView& dst, const TileOrigins& o, double pad, uintptr_t stream) {

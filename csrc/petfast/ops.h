@@ -2,6 +2,7 @@
 // check arguments and pick one; the CUDA launchers exist only when PETFAST_WITH_CUDA is defined.
 #pragma once
 #include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include "petfast/array.h"
@@ -45,6 +46,13 @@ void gather_tiles_cpu(const NdView& src, const NdView& dst, const TileOrigins& o
 void accumulate_tiles_cpu(const NdView& tiles, const NdView& weight_map, const TileOrigins& origins, const NdView& acc,
                           const NdView& weight);
 void finalize_tiles_cpu(const NdView& acc, const NdView& labels);
+
+#ifndef PETFAST_WITH_CUDA
+// What a CUDA array meets in a build without the CUDA kernels.
+[[noreturn]] inline void no_cuda() {
+  throw std::invalid_argument("petfast was built without CUDA kernels; pass CPU arrays or install a CUDA build");
+}
+#endif
 
 #ifdef PETFAST_WITH_CUDA
 void gather_tiles_cuda(const NdView& src, const NdView& dst, const TileOrigins& origins, double pad, uintptr_t stream);
