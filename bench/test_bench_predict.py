@@ -44,6 +44,15 @@ def _nnunet(model_dir, device, tta=False):
     return p
 
 
+def _nnunet_files(p, inputs, out):
+    """nnU-Net's files-to-files run into a fresh ``out``."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    p.predict_from_files(str(inputs), str(out), save_probabilities=False, overwrite=True,
+                         num_processes_preprocessing=2, num_processes_segmentation_export=2)
+
+
 @pytest.fixture(scope="module")
 def cpu_setup(full, tmp_path_factory):
     preset, shape = ("small", (82, 100, 100)) if full else ("tiny", (48, 64, 64))
@@ -103,18 +112,10 @@ def test_gpu_files_petfast(benchmark, record, gpu_setup, tta):
 @pytest.mark.cuda
 @pytest.mark.parametrize("tta", [False, True], ids=["no-tta", "tta"])
 def test_gpu_files_nnunet(benchmark, record, gpu_setup, tta):
-    import shutil
-
     root, model, _ = gpu_setup
     p = _nnunet(model, torch.device("cuda"), tta)
-
-    def run():
-        shutil.rmtree(root / "out-nnunet", ignore_errors=True)
-        p.predict_from_files(str(root / "in"), str(root / "out-nnunet"), save_probabilities=False, overwrite=True,
-                             num_processes_preprocessing=2, num_processes_segmentation_export=2)
-
     benchmark.group = f"predict-files-gpu-{'tta' if tta else 'no-tta'}"
-    benchmark.pedantic(run, rounds=1)  # 26-37 s a round (anchors.md): one, after petfast's runs warmed the GPU
+    benchmark.pedantic(_nnunet_files, (p, root / "in", root / "out-nnunet"), rounds=1)  # 26-37 s a round (anchors.md): one, after petfast's runs warmed the GPU
     record(benchmark.group, "nnU-Net predict_from_files")
 
 
@@ -172,18 +173,9 @@ def test_gpu_cohort_petfast(benchmark, record, gpu_cohort):
 
 @pytest.mark.cuda
 def test_gpu_cohort_nnunet(benchmark, record, gpu_cohort):
-    import shutil
-
     folder, model = gpu_cohort
     p = _nnunet(model, torch.device("cuda"))
-    out = folder.parent / "cohort-nnunet"
-
-    def run():
-        shutil.rmtree(out, ignore_errors=True)
-        p.predict_from_files(str(folder), str(out), save_probabilities=False, overwrite=True,
-                             num_processes_preprocessing=2, num_processes_segmentation_export=2)
-
     benchmark.group = f"predict-cohort-gpu-{COHORT}-cases-no-tta"
-    benchmark.pedantic(run, rounds=1)  # about 26 s a case (anchors.md)
+    benchmark.pedantic(_nnunet_files, (p, folder, folder.parent / "cohort-nnunet"), rounds=1)  # about 26 s a case (anchors.md)
     benchmark.extra_info["cases_per_minute"] = COHORT * 60 / benchmark.stats.stats.median
     record(benchmark.group, "nnU-Net predict_from_files")

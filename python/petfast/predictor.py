@@ -332,13 +332,13 @@ class Predictor:
         x = torch.cat([torch.flip(tiles, m) if m else tiles for m in mirrors]) if len(mirrors) > 1 else tiles
         dtype = _PRECISIONS[self.precision]
         if dtype is not None:
-            autocast = torch.autocast(self.device.type, dtype=dtype)
+            precision = torch.autocast(self.device.type, dtype=dtype)
         elif self.device.type == "cuda":  # fp32 means fp32: no TF32 convolutions (cuDNN's default)
-            autocast = torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=False)
+            precision = torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=False)
         else:
-            autocast = nullcontext()
+            precision = nullcontext()
         total = None
-        with autocast:
+        with precision:
             for net in self.networks:
                 y = torch.cat([net(chunk).float() for chunk in x.split(self.batch_size)])
                 total = y if total is None else total.add_(y)

@@ -387,16 +387,20 @@ def _cache_files(cache: Path, cid: str) -> tuple[Path, Path, Path]:
     return cache / f"{cid}.npy", cache / f"{cid}_seg.npy", cache / f"{cid}_locations.npy"
 
 
+def _source_file(cache: Path, cid: str) -> Path:
+    return cache / f"{cid}_source.txt"
+
+
 def _source_stamp(dataset: Dataset, cid: str) -> str:
     """The raw files a cached case was made from (name, size, modification time): an edited or
     replaced case no longer matches, and is preprocessed again."""
     case = dataset.cases[cid]
-    files = [*case.images, case.label] if case.label is not None else list(case.images)
+    files = [f for f in (*case.images, case.label) if f is not None]
     return "\n".join(f"{f.name} {st.st_size} {st.st_mtime_ns}" for f in files for st in [f.stat()])
 
 
 def _cached(cache: Path, cid: str, stamp: str) -> bool:
-    source = cache / f"{cid}_source.txt"
+    source = _source_file(cache, cid)
     return all(f.is_file() for f in _cache_files(cache, cid)) and source.is_file() and source.read_text() == stamp
 
 
@@ -427,7 +431,7 @@ def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str
             for path, array in zip(_cache_files(cache, cid), (image.cpu().numpy(), label, rows.astype(np.int64))):
                 atomic_write(path, lambda f, a=array: np.save(f, a), overwrite=True)
             # The source stamp last: a case counts as cached once it is there and matches.
-            atomic_write(cache / f"{cid}_source.txt", lambda f, t=stamps[cid]: f.write(t.encode()), overwrite=True)
+            atomic_write(_source_file(cache, cid), lambda f, t=stamps[cid]: f.write(t.encode()), overwrite=True)
     if world > 1:
         torch.distributed.barrier()
     return len(todo)
