@@ -141,6 +141,13 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("src"), py::arg("dst"), py::arg("connectivity"), py::arg("scratch"), py::arg("stream"));
   m.def(
+      "label_scratch_size",
+      [](int64_t n0, int64_t n1, int64_t n2) {
+        const int64_t shape[3] = {n0, n1, n2};
+        return label_scratch_layout(shape).total;
+      },
+      "int32 entries of scratch the CUDA labeller needs for a mask of this shape");
+  m.def(
       "component_stats",
       [](py::tuple labels, py::object image, int64_t count, py::tuple acc, py::tuple box, uintptr_t stream) {
         Volume l = to_volume(labels), a = to_volume(acc), b = to_volume(box), i;

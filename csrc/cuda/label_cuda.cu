@@ -1,8 +1,17 @@
-// CUDA twin of cpu/label_cpu.cpp: union-find over logical (i, j, k) raster indices with atomicMin
-// unions (the smaller index stays root, so a root is its component's first voxel in raster order),
-// then compression, then an exclusive scan of root flags that numbers the roots 1..N in raster
-// order: the same numbering as the CPU twin, scipy.ndimage.label and cc3d (C order).
-// Labels are C-contiguous; the mask may have any strides. Entries hold parent index + 1 (0 = background).
+// CUDA twin of cpu/label_cpu.cpp. Union-find with atomicMin unions (the smaller index stays root),
+// then an exclusive scan that numbers the components 1..N in the raster
+// order of their first voxel: the numbering of the CPU twin, scipy.ndimage.label and cc3d (C order).
+// Labels are C-contiguous; the mask may have any strides.
+//
+// Two paths:
+// * 26-connectivity, every 2x2x2 block holding one value (binary masks always): union-find over
+//   blocks, as BUF_3D (Allegretti et al. 2020). All voxels of a 2x2x2 block touch under
+//   26-connectivity, and two neighbouring blocks join when their facing voxels (a face, an edge or
+//   a corner) hold a voxel each, of equal value: one node per 8 voxels. The components are then
+//   numbered by a scan over one start flag per voxel (the first voxel of each component).
+// * otherwise (6, 18, or blocks holding two values): union-find over voxels, each joining its
+//   backward neighbours; roots are then each component's first voxel, numbered by a scan.
+// Union-find entries hold parent index + 1 (0 = background).
 #include <vector>
 
 #include "cuda/common.cuh"
@@ -12,18 +21,27 @@ namespace petfast {
 namespace {
 
 constexpr int kScanBlock = 1024;
+constexpr int kFlagsPerThread = int(kLabelFlagsPerScanBlock / kScanBlock);
+static_assert(kFlagsPerThread == 16, "the start flags are read as one uint4 per thread");
 
 struct Shape3 {
   int64_t n0, n1, n2, s0, s1, s2;  // logical shape and the mask's element strides
 };
 
 // Backward neighbours (di, dj, dk) in the CPU twin's order: 6-connectivity uses the first 3,
-// 18 the first 9, 26 all 13.
-__constant__ int kNeighbours[13][3] = {{0, 0, -1},  {0, -1, 0},  {-1, 0, 0},  {0, -1, -1}, {0, -1, 1},
-                                       {-1, -1, 0}, {-1, 1, 0},  {-1, 0, -1}, {-1, 0, 1},  {-1, -1, -1},
-                                       {-1, -1, 1}, {-1, 1, -1}, {-1, 1, 1}};
+// 18 the first 9, 26 all 13. The block path uses the same 13 offsets between blocks.
+constexpr int kNeighbours[13][3] = {{0, 0, -1},  {0, -1, 0},  {-1, 0, 0},  {0, -1, -1}, {0, -1, 1},
+                                    {-1, -1, 0}, {-1, 1, 0},  {-1, 0, -1}, {-1, 0, 1},  {-1, -1, -1},
+                                    {-1, -1, 1}, {-1, 1, -1}, {-1, 1, 1}};
+__constant__ int kNeighboursDevice[13][3] = {{0, 0, -1},  {0, -1, 0},  {-1, 0, 0},  {0, -1, -1}, {0, -1, 1},
+                                             {-1, -1, 0}, {-1, 1, 0},  {-1, 0, -1}, {-1, 0, 1},  {-1, -1, -1},
+                                             {-1, -1, 1}, {-1, 1, -1}, {-1, 1, 1}};
 
-// Other threads re-parent entries concurrently (always to an ancestor), so reads go to memory.
+// Root of v. Other threads re-parent entries concurrently, so reads go to memory. No compression
+// here: a union that finds its root re-parented hangs that root under a node of another tree for a
+// moment (then joins the two), and a compressing store racing with that can link a root of one
+// tree under a node of another, which hung the first GPU run (2026-11-28). The compress kernels
+// point every entry at its root once all unions are done.
 __device__ __forceinline__ int find_root(const int* parent, int v) {
   const volatile int* p = parent;
   for (int q; (q = p[v] - 1) != v;) v = q;
@@ -40,12 +58,15 @@ __device__ void unite(int* parent, int a, int b) {
       a = b;
       b = t;
     }
-    // Hang the larger root b under a, unless another thread re-parented b meanwhile: then retry.
+    // Hang the larger root b under a, unless another thread re-parented b meanwhile: then join a
+    // with what b hung under.
     const int old = atomicMin(parent + b, a + 1);
     if (old == b + 1) return;
     b = old - 1;
   }
 }
+
+// ---- voxel path --------------------------------------------------------------------------------
 
 template <typename T>
 __global__ void init_kernel(const T* __restrict__ in, Shape3 s, int* out) {
@@ -59,15 +80,13 @@ __global__ void init_kernel(const T* __restrict__ in, Shape3 s, int* out) {
 template <typename T>
 __global__ void merge_kernel(const T* __restrict__ in, Shape3 s, int* out, int connectivity) {
   const int64_t n = s.n0 * s.n1 * s.n2;
+  const int count = connectivity == 6 ? 3 : (connectivity == 18 ? 9 : 13);
   for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < n; v += int64_t(gridDim.x) * blockDim.x) {
     if (out[v] == 0) continue;
     const int64_t i = v / (s.n1 * s.n2), j = (v / s.n2) % s.n1, k = v % s.n2;
     const T val = in[i * s.s0 + j * s.s1 + k * s.s2];
-    const int count = connectivity == 6 ? 3 : (connectivity == 18 ? 9 : 13);
-#pragma unroll
-    for (int q = 0; q < 13; ++q) {
-      if (q >= count) break;
-      const int64_t i2 = i + kNeighbours[q][0], j2 = j + kNeighbours[q][1], k2 = k + kNeighbours[q][2];
+    for (int q = 0; q < count; ++q) {
+      const int64_t i2 = i + kNeighboursDevice[q][0], j2 = j + kNeighboursDevice[q][1], k2 = k + kNeighboursDevice[q][2];
       if (i2 < 0 || j2 < 0 || j2 >= s.n1 || k2 < 0 || k2 >= s.n2) continue;
       if (in[i2 * s.s0 + j2 * s.s1 + k2 * s.s2] != val) continue;
       unite(out, int(v), int((i2 * s.n1 + j2) * s.n2 + k2));
@@ -77,10 +96,11 @@ __global__ void merge_kernel(const T* __restrict__ in, Shape3 s, int* out, int c
 
 __global__ void compress_kernel(int* out, int64_t n) {
   for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < n; v += int64_t(gridDim.x) * blockDim.x) {
-    const int p = out[v];
-    if (p != 0) out[v] = find_root(out, int(v)) + 1;
+    if (out[v] != 0) out[v] = find_root(out, int(v)) + 1;
   }
 }
+
+// ---- scans ---------------------------------------------------------------------------------------
 
 __device__ __forceinline__ int block_exclusive_scan(int flag, int* warp_sums, int* total) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -154,7 +174,164 @@ __global__ void flip_roots_kernel(int* out, int64_t n) {
   }
 }
 
+// ---- block path ----------------------------------------------------------------------------------
+
+struct Blocks {
+  Shape3 s;
+  int64_t b0, b1, b2;  // blocks per axis
+};
+
+// Bit q = 4 di + 2 dj + dk of a block's occupancy is voxel (2 bi + di, 2 bj + dj, 2 bk + dk): the
+// lowest set bit is the block's first voxel in raster order.
+__device__ __forceinline__ int64_t voxel_of(const Blocks& g, int64_t bi, int64_t bj, int64_t bk, int q) {
+  return ((2 * bi + (q >> 2)) * g.s.n1 + 2 * bj + ((q >> 1) & 1)) * g.s.n2 + 2 * bk + (q & 1);
+}
+
+template <typename T>
+__device__ __forceinline__ T value_at(const T* in, const Blocks& g, int64_t bi, int64_t bj, int64_t bk, int q) {
+  return in[(2 * bi + (q >> 2)) * g.s.s0 + (2 * bj + ((q >> 1) & 1)) * g.s.s1 + (2 * bk + (q & 1)) * g.s.s2];
+}
+
+// The bits of a block's voxels that face the neighbour at block offset (e0, e1, e2): along an axis
+// with offset -1 the voxels at 0, with +1 those at 1, with 0 all.
+__host__ __device__ constexpr unsigned facing(int e0, int e1, int e2) {
+  unsigned m = 0;
+  for (int q = 0; q < 8; ++q) {
+    const int d[3] = {q >> 2, (q >> 1) & 1, q & 1}, e[3] = {e0, e1, e2};
+    bool ok = true;
+    for (int a = 0; a < 3; ++a) ok = ok && (e[a] == 0 || d[a] == (e[a] < 0 ? 0 : 1));
+    if (ok) m |= 1u << q;
+  }
+  return m;
+}
+
+struct FacingMasks {
+  unsigned char own[13], other[13];
+};
+constexpr FacingMasks facing_masks() {
+  FacingMasks f{};
+  for (int q = 0; q < 13; ++q) {
+    f.own[q] = static_cast<unsigned char>(facing(kNeighbours[q][0], kNeighbours[q][1], kNeighbours[q][2]));
+    f.other[q] = static_cast<unsigned char>(facing(-kNeighbours[q][0], -kNeighbours[q][1], -kNeighbours[q][2]));
+  }
+  return f;
+}
+__constant__ FacingMasks kFacing = facing_masks();
+
+template <typename T>
+__global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* parent, uint8_t* occupancy, int* mixed) {
+  const int64_t nb = g.b0 * g.b1 * g.b2;
+  for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t bi = b / (g.b1 * g.b2), bj = (b / g.b2) % g.b1, bk = b % g.b2;
+    unsigned bits = 0;
+    T first = T(0);
+    bool two_values = false;
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      if (2 * bi + (q >> 2) >= g.s.n0 || 2 * bj + ((q >> 1) & 1) >= g.s.n1 || 2 * bk + (q & 1) >= g.s.n2) continue;
+      const T v = value_at(in, g, bi, bj, bk, q);
+      if (v == T(0)) continue;
+      if (bits == 0) first = v;
+      two_values |= v != first;
+      bits |= 1u << q;
+    }
+    occupancy[b] = static_cast<uint8_t>(bits);
+    parent[b] = bits ? int(b + 1) : 0;
+    if (two_values) *mixed = 1;
+  }
+}
+
+template <typename T>
+__global__ void block_merge_kernel(const T* __restrict__ in, Blocks g, int* parent, const uint8_t* __restrict__ occupancy) {
+  const int64_t nb = g.b0 * g.b1 * g.b2;
+  for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
+    const unsigned bits = occupancy[b];
+    if (bits == 0) continue;
+    const int64_t bi = b / (g.b1 * g.b2), bj = (b / g.b2) % g.b1, bk = b % g.b2;
+    const T val = value_at(in, g, bi, bj, bk, __ffs(bits) - 1);
+#pragma unroll
+    for (int q = 0; q < 13; ++q) {
+      const int64_t i2 = bi + kNeighboursDevice[q][0], j2 = bj + kNeighboursDevice[q][1], k2 = bk + kNeighboursDevice[q][2];
+      if (i2 < 0 || j2 < 0 || j2 >= g.b1 || k2 < 0 || k2 >= g.b2) continue;
+      if (!(bits & kFacing.own[q])) continue;
+      const int64_t b2 = (i2 * g.b1 + j2) * g.b2 + k2;
+      const unsigned other = occupancy[b2];
+      if (!(other & kFacing.other[q])) continue;
+      if (value_at(in, g, i2, j2, k2, __ffs(other) - 1) != val) continue;
+      unite(parent, int(b), int(b2));
+    }
+  }
+}
+
+// Every block to its root, and each root's `first` to the smallest first voxel of its blocks.
+__global__ void block_compress_kernel(Blocks g, int* parent, const uint8_t* __restrict__ occupancy, int* first) {
+  const int64_t nb = g.b0 * g.b1 * g.b2;
+  for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
+    const unsigned bits = occupancy[b];
+    if (bits == 0) continue;
+    const int r = find_root(parent, int(b));
+    parent[b] = r + 1;
+    const int64_t bi = b / (g.b1 * g.b2), bj = (b / g.b2) % g.b1, bk = b % g.b2;
+    atomicMin(first + r, int(voxel_of(g, bi, bj, bk, __ffs(bits) - 1)));
+  }
+}
+
+__global__ void mark_starts_kernel(int64_t nb, const int* parent, const int* first, uint8_t* starts) {
+  for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
+    if (parent[b] == int(b + 1)) starts[first[b]] = 1;
+  }
+}
+
+__device__ __forceinline__ int sum_bytes(unsigned w) { return int((w * 0x01010101u) >> 24); }  // bytes are 0 or 1
+
+__global__ void count_starts_kernel(const uint4* __restrict__ starts, int* block_counts) {
+  __shared__ int warp_sums[32];
+  const uint4 f = starts[int64_t(blockIdx.x) * kScanBlock + threadIdx.x];
+  int total;
+  block_exclusive_scan(sum_bytes(f.x) + sum_bytes(f.y) + sum_bytes(f.z) + sum_bytes(f.w), warp_sums, &total);
+  if (threadIdx.x == 0) block_counts[blockIdx.x] = total;
+}
+
+// Each start voxel's number goes to its component's root block (in `first`, no longer needed).
+__global__ void number_starts_kernel(const uint4* __restrict__ starts, Blocks g, const int* block_offsets,
+                                     const int* parent, int* label_of_root) {
+  __shared__ int warp_sums[32];
+  const uint4 f = starts[int64_t(blockIdx.x) * kScanBlock + threadIdx.x];
+  int label = block_offsets[blockIdx.x] + 1 +
+              block_exclusive_scan(sum_bytes(f.x) + sum_bytes(f.y) + sum_bytes(f.z) + sum_bytes(f.w), warp_sums, nullptr);
+  if ((f.x | f.y | f.z | f.w) == 0) return;
+  const unsigned words[4] = {f.x, f.y, f.z, f.w};
+  const int64_t v0 = (int64_t(blockIdx.x) * kScanBlock + threadIdx.x) * kFlagsPerThread;
+#pragma unroll
+  for (int q = 0; q < kFlagsPerThread; ++q) {
+    if (!((words[q >> 2] >> (8 * (q & 3))) & 0xffu)) continue;
+    const int64_t v = v0 + q, i = v / (g.s.n1 * g.s.n2), j = (v / g.s.n2) % g.s.n1, k = v % g.s.n2;
+    label_of_root[parent[((i / 2) * g.b1 + j / 2) * g.b2 + k / 2] - 1] = label++;
+  }
+}
+
+// One CUDA block per row (i, j) of the labels: coalesced writes, no per-voxel division.
+__global__ void block_labels_kernel(Blocks g, const int* __restrict__ parent, const uint8_t* __restrict__ occupancy,
+                                    const int* __restrict__ label_of_root, int* out) {
+  const int64_t row = blockIdx.x, i = row / g.s.n1, j = row % g.s.n1;
+  const int64_t brow = ((i / 2) * g.b1 + j / 2) * g.b2;
+  const int shift = 4 * int(i & 1) + 2 * int(j & 1);
+  for (int64_t k = threadIdx.x; k < g.s.n2; k += blockDim.x) {
+    const int64_t b = brow + k / 2;
+    const bool on = (occupancy[b] >> (shift + int(k & 1))) & 1u;
+    out[row * g.s.n2 + k] = on ? label_of_root[parent[b] - 1] : 0;
+  }
+}
+
 unsigned int blocks_for(int64_t n) { return grid_dim((n + 255) / 256, 1 << 20); }
+
+int64_t read_count(const int* device_count, cudaStream_t stream) {
+  int total = 0;
+  cuda_check(cudaGetLastError(), "label kernels launch");
+  cuda_check(cudaMemcpyAsync(&total, device_count, sizeof(int), cudaMemcpyDeviceToHost, stream), "label count copy");
+  cuda_check(cudaStreamSynchronize(stream), "label");
+  return total;
+}
 
 }  // namespace
 
@@ -162,10 +339,43 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
   DeviceGuard guard(src.device);
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   const Shape3 s{src.shape[0], src.shape[1], src.shape[2], src.strides[0], src.strides[1], src.strides[2]};
-  const int64_t n = src.size(), scan_blocks = (n + kScanBlock - 1) / kScanBlock;
-  require(scratch.dtype == DType::Int32 && scratch.size() >= scan_blocks + 1, "internal: label scratch too small");
+  const LabelScratchLayout layout = label_scratch_layout(src.shape);
+  require(scratch.dtype == DType::Int32 && scratch.size() >= layout.total, "internal: label scratch too small");
+  const int64_t n = src.size();
+  int* base = static_cast<int*>(scratch.data);
   int* out = static_cast<int*>(dst.data);
-  int* counts = static_cast<int*>(scratch.data);
+  int* counts = base + layout.counts;
+
+  if (connectivity == 26) {
+    const Blocks g{s, (s.n0 + 1) / 2, (s.n1 + 1) / 2, (s.n2 + 1) / 2};
+    const int64_t nb = g.b0 * g.b1 * g.b2, flag_blocks = (layout.total - layout.starts) * 4 / kLabelFlagsPerScanBlock;
+    int *mixed = base + layout.mixed, *parent = base + layout.parent, *first = base + layout.first;
+    auto* occupancy = reinterpret_cast<uint8_t*>(base + layout.occupancy);
+    auto* starts = reinterpret_cast<uint8_t*>(base + layout.starts);
+    cuda_check(cudaMemsetAsync(mixed, 0, sizeof(int), stream), "label memset");
+    dispatch_dtype(src.dtype, [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      block_init_kernel<T><<<blocks_for(nb), 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, occupancy, mixed);
+    });
+    if (read_count(mixed, stream) == 0) {  // every block holds one value
+      cuda_check(cudaMemsetAsync(first, 0x7f, nb * sizeof(int), stream), "label memset");  // above any voxel index
+      cuda_check(cudaMemsetAsync(starts, 0, flag_blocks * kLabelFlagsPerScanBlock, stream), "label memset");
+      dispatch_dtype(src.dtype, [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        block_merge_kernel<T><<<blocks_for(nb), 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, occupancy);
+      });
+      block_compress_kernel<<<blocks_for(nb), 256, 0, stream>>>(g, parent, occupancy, first);
+      mark_starts_kernel<<<blocks_for(nb), 256, 0, stream>>>(nb, parent, first, starts);
+      const auto* flags = reinterpret_cast<const uint4*>(starts);
+      count_starts_kernel<<<unsigned(flag_blocks), kScanBlock, 0, stream>>>(flags, counts);
+      scan_counts_kernel<<<1, kScanBlock, 0, stream>>>(counts, flag_blocks);
+      number_starts_kernel<<<unsigned(flag_blocks), kScanBlock, 0, stream>>>(flags, g, counts, parent, first);
+      block_labels_kernel<<<unsigned(s.n0 * s.n1), 128, 0, stream>>>(g, parent, occupancy, first, out);
+      return read_count(counts + flag_blocks, stream);
+    }
+  }
+
+  const int64_t scan_blocks = (n + kScanBlock - 1) / kScanBlock;
   dispatch_dtype(src.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(src.data);
@@ -178,11 +388,7 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
   number_roots_kernel<<<unsigned(scan_blocks), kScanBlock, 0, stream>>>(out, n, counts);
   members_kernel<<<blocks_for(n), 256, 0, stream>>>(out, n);
   flip_roots_kernel<<<blocks_for(n), 256, 0, stream>>>(out, n);
-  cuda_check(cudaGetLastError(), "label kernels launch");
-  int total = 0;
-  cuda_check(cudaMemcpyAsync(&total, counts + scan_blocks, sizeof(int), cudaMemcpyDeviceToHost, stream), "label count copy");
-  cuda_check(cudaStreamSynchronize(stream), "label");
-  return total;
+  return read_count(counts + scan_blocks, stream);
 }
 
 }  // namespace petfast

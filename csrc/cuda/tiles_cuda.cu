@@ -1,5 +1,4 @@
-// CUDA twins of cpu/tiles_cpu.cpp. Tiles in one launch may overlap, so accumulation uses atomicAdd
-// (float sums may then differ from the CPU's sequential order by rounding).
+// CUDA twins of cpu/tiles_cpu.cpp.
 #include <type_traits>
 
 #include "cuda/common.cuh"
@@ -10,34 +9,40 @@ namespace {
 
 unsigned int blocks_for(int64_t n, int threads) { return grid_dim((n + threads - 1) / threads, 1 << 20); }
 
+// One CUDA block per output row (b, c, z, y): threads run along x, so reads and writes are
+// coalesced and the index arithmetic is per row, not per element.
 template <typename Tin, typename Tout>
 __global__ void gather_kernel(const Tin* __restrict__ in, NdView src, Tout* __restrict__ out, NdView dst, TileOrigins o,
                               Tout fill) {
   const int64_t C = src.shape[0], d = dst.shape[2], h = dst.shape[3], w = dst.shape[4];
-  const int64_t n = o.count * C * d * h * w;
-  for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < n; p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t x = p % w, y = (p / w) % h, z = (p / (w * h)) % d, c = (p / (w * h * d)) % C, b = p / (w * h * d * C);
-    const int64_t Z = o.at[b][0] + z, Y = o.at[b][1] + y, X = o.at[b][2] + x;
-    const bool inside = Z >= 0 && Z < src.shape[1] && Y >= 0 && Y < src.shape[2] && X >= 0 && X < src.shape[3];
-    out[b * dst.strides[0] + c * dst.strides[1] + z * dst.strides[2] + y * dst.strides[3] + x * dst.strides[4]] =
-        inside ? static_cast<Tout>(in[c * src.strides[0] + Z * src.strides[1] + Y * src.strides[2] + X * src.strides[3]])
-               : fill;
+  const int64_t row = blockIdx.x, y = row % h, z = (row / h) % d, c = (row / (h * d)) % C, b = row / (h * d * C);
+  const int64_t Z = o.at[b][0] + z, Y = o.at[b][1] + y, X0 = o.at[b][2];
+  const bool row_inside = Z >= 0 && Z < src.shape[1] && Y >= 0 && Y < src.shape[2];
+  const Tin* src_row = in + c * src.strides[0] + Z * src.strides[1] + Y * src.strides[2];
+  Tout* dst_row = out + b * dst.strides[0] + c * dst.strides[1] + z * dst.strides[2] + y * dst.strides[3];
+  for (int64_t x = threadIdx.x; x < w; x += blockDim.x) {
+    const int64_t X = X0 + x;
+    dst_row[x * dst.strides[4]] =
+        row_inside && X >= 0 && X < src.shape[3] ? static_cast<Tout>(src_row[X * src.strides[3]]) : fill;
   }
 }
 
-__global__ void accumulate_kernel(const float* __restrict__ t, NdView tiles, const float* __restrict__ g, NdView gmap,
-                                  TileOrigins o, float* a, NdView acc, float* wsum, NdView weight) {
-  const int64_t C = tiles.shape[1], d = tiles.shape[2], h = tiles.shape[3], w = tiles.shape[4];
-  const int64_t n = o.count * d * h * w;
-  for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < n; p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t x = p % w, y = (p / w) % h, z = (p / (w * h)) % d, b = p / (w * h * d);
-    const int64_t Z = o.at[b][0] + z, Y = o.at[b][1] + y, X = o.at[b][2] + x;
-    const float gv = g[z * gmap.strides[0] + y * gmap.strides[1] + x * gmap.strides[2]];
-    atomicAdd(wsum + Z * weight.strides[0] + Y * weight.strides[1] + X * weight.strides[2], gv);
+// One tile per launch (tiles overlap; launches on one stream do not), one CUDA block per row
+// (z, y) of the tile, all channels: plain read-modify-write, no atomics, the CPU twin's sums.
+__global__ void accumulate_kernel(const float* __restrict__ t, NdView tiles, int64_t b, const float* __restrict__ g,
+                                  NdView gmap, TileOrigins o, float* a, NdView acc, float* wsum, NdView weight) {
+  const int64_t C = tiles.shape[1], h = tiles.shape[3], w = tiles.shape[4];
+  const int64_t y = blockIdx.x % h, z = blockIdx.x / h;
+  const int64_t Z = o.at[b][0] + z, Y = o.at[b][1] + y, X0 = o.at[b][2];
+  const float* g_row = g + z * gmap.strides[0] + y * gmap.strides[1];
+  float* w_row = wsum + Z * weight.strides[0] + Y * weight.strides[1] + X0 * weight.strides[2];
+  for (int64_t x = threadIdx.x; x < w; x += blockDim.x) {
+    const float gv = g_row[x * gmap.strides[2]];
+    w_row[x * weight.strides[2]] += gv;
     for (int64_t c = 0; c < C; ++c) {
       const float v = t[b * tiles.strides[0] + c * tiles.strides[1] + z * tiles.strides[2] + y * tiles.strides[3] +
                         x * tiles.strides[4]];
-      atomicAdd(a + c * acc.strides[0] + Z * acc.strides[1] + Y * acc.strides[2] + X * acc.strides[3], v * gv);
+      a[c * acc.strides[0] + Z * acc.strides[1] + Y * acc.strides[2] + (X0 + x) * acc.strides[3]] += v * gv;
     }
   }
 }
@@ -69,13 +74,16 @@ __global__ void finalize_kernel(const float* __restrict__ a, NdView acc, uint8_t
 void gather_tiles_cuda(const NdView& src, const NdView& dst, const TileOrigins& origins, double pad, uintptr_t s) {
   DeviceGuard guard(src.device);
   auto stream = reinterpret_cast<cudaStream_t>(s);
+  const int64_t rows = dst.shape[0] * dst.shape[1] * dst.shape[2] * dst.shape[3];
+  require(rows < (int64_t(1) << 31), "gather tiles: too many rows for one launch");
+  const int threads = dst.shape[4] >= 128 ? 128 : 64;
   dispatch_dtype(src.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     if (dst.dtype == src.dtype) {
-      gather_kernel<T, T><<<blocks_for(dst.size(), 256), 256, 0, stream>>>(
+      gather_kernel<T, T><<<unsigned(rows), threads, 0, stream>>>(
           static_cast<const T*>(src.data), src, static_cast<T*>(dst.data), dst, origins, static_cast<T>(pad));
     } else {
-      gather_kernel<T, float><<<blocks_for(dst.size(), 256), 256, 0, stream>>>(
+      gather_kernel<T, float><<<unsigned(rows), threads, 0, stream>>>(
           static_cast<const T*>(src.data), src, static_cast<float*>(dst.data), dst, origins, float(pad));
     }
   });
@@ -86,10 +94,14 @@ void accumulate_tiles_cuda(const NdView& tiles, const NdView& weight_map, const 
                            const NdView& weight, uintptr_t s) {
   DeviceGuard guard(tiles.device);
   auto stream = reinterpret_cast<cudaStream_t>(s);
-  const int64_t n = int64_t(origins.count) * tiles.shape[2] * tiles.shape[3] * tiles.shape[4];
-  accumulate_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(
-      static_cast<const float*>(tiles.data), tiles, static_cast<const float*>(weight_map.data), weight_map, origins,
-      static_cast<float*>(acc.data), acc, static_cast<float*>(weight.data), weight);
+  const int64_t rows = tiles.shape[2] * tiles.shape[3];
+  require(rows < (int64_t(1) << 31), "accumulate tiles: too many rows for one launch");
+  const int threads = tiles.shape[4] >= 128 ? 128 : 64;
+  for (int b = 0; b < origins.count; ++b) {
+    accumulate_kernel<<<unsigned(rows), threads, 0, stream>>>(
+        static_cast<const float*>(tiles.data), tiles, b, static_cast<const float*>(weight_map.data), weight_map, origins,
+        static_cast<float*>(acc.data), acc, static_cast<float*>(weight.data), weight);
+  }
   cuda_check(cudaGetLastError(), "accumulate tiles launch");
 }
 

@@ -1,6 +1,7 @@
 // Declarations of every op's CPU twin and CUDA kernel launcher. The dispatchers in csrc/<op>.cpp
 // check arguments and pick one; the CUDA launchers exist only when PETFAST_WITH_CUDA is defined.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <vector>
@@ -54,6 +55,30 @@ void finalize_tiles_cpu(const NdView& acc, const NdView& labels);
 }
 #endif
 
+// Where the CUDA labeller keeps its buffers inside one int32 scratch array (offsets in int32
+// entries, each 16-byte aligned): a flag for masks whose 2x2x2 blocks hold two values, scan
+// counts, then per 2x2x2 block its parent, its component's first voxel (later its label) and its
+// occupancy bits, then one start flag per voxel, padded to whole scan blocks.
+struct LabelScratchLayout {
+  int64_t mixed, counts, parent, first, occupancy, starts, total;
+};
+constexpr int64_t kLabelFlagsPerScanBlock = 1024 * 16;
+inline LabelScratchLayout label_scratch_layout(const int64_t shape[3]) {
+  auto up4 = [](int64_t x) { return (x + 3) / 4 * 4; };
+  const int64_t n = shape[0] * shape[1] * shape[2];
+  const int64_t blocks = ((shape[0] + 1) / 2) * ((shape[1] + 1) / 2) * ((shape[2] + 1) / 2);
+  const int64_t flag_blocks = (n + kLabelFlagsPerScanBlock - 1) / kLabelFlagsPerScanBlock;
+  LabelScratchLayout l{};
+  l.mixed = 0;
+  l.counts = 4;
+  l.parent = l.counts + up4(std::max(flag_blocks, (n + 1023) / 1024) + 1);
+  l.first = l.parent + up4(blocks);
+  l.occupancy = l.first + up4(blocks);
+  l.starts = l.occupancy + up4((blocks + 3) / 4);
+  l.total = l.starts + flag_blocks * kLabelFlagsPerScanBlock / 4;
+  return l;
+}
+
 #ifdef PETFAST_WITH_CUDA
 void gather_tiles_cuda(const NdView& src, const NdView& dst, const TileOrigins& origins, double pad, uintptr_t stream);
 void accumulate_tiles_cuda(const NdView& tiles, const NdView& weight_map, const TileOrigins& origins, const NdView& acc,
@@ -61,7 +86,7 @@ void accumulate_tiles_cuda(const NdView& tiles, const NdView& weight_map, const 
 void finalize_tiles_cuda(const NdView& acc, const NdView& labels, uintptr_t stream);
 void component_stats_cuda(const Volume& labels, const Volume* image, int64_t count, double* acc, int32_t* box,
                           uintptr_t stream);
-// Labels C-contiguous; scratch: int32 of at least ceil(size / 1024) + 1 entries.
+// Labels C-contiguous; scratch: int32 of at least label_scratch_layout(shape).total entries.
 int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream);
 void resample_cuda(const Volume& src, const Volume& dst, const ResampleArgs& args, uintptr_t stream);
 void bspline_prefilter_cuda(const Volume& src, const Volume& coef, uintptr_t stream);

@@ -60,8 +60,7 @@ def label(mask, connectivity: int = 26):
         raise ValueError(f"mask of shape {src.shape} has 2^31 voxels or more; label it in parts")
     if src.on_cuda:
         out = _arrays.empty(src, src.shape, np.int32, axis_order=(0, 1, 2))
-        blocks = -(-int(np.prod(src.shape)) // 1024)
-        scratch = _arrays.empty(src, (blocks + 1, 1, 1), np.int32, axis_order=(0, 1, 2)).spec()
+        scratch = _arrays.empty(src, (_C.label_scratch_size(*src.shape), 1, 1), np.int32, axis_order=(0, 1, 2)).spec()
     else:
         out = _arrays.empty(src, src.shape, np.int32, axis_order=_arrays.memory_order(src), zeroed=True)
         scratch = None
