@@ -35,6 +35,10 @@ def _organ_map(full):
 
 @pytest.fixture(scope="module")
 def masks(full):
+    return base_cases(full)
+
+
+def base_cases(full):
     organs = _organ_map(full)
     rng = np.random.default_rng(0)
     return {"organs": organs, "organs-binary": (organs > 0).astype(np.uint8),
@@ -46,8 +50,13 @@ CASES = ["organs", "organs-binary", "noise50"]
 
 @pytest.fixture(scope="module")
 def gpu_masks(masks):
-    """The GPU peers' cases of ../shared/reference/ccl.md section 6 on the same grid: 40 ellipsoids
-    (radius 2-20 voxels, about 0.4 % foreground) and smoothed noise above its 70th percentile."""
+    return ccl_cases(masks)
+
+
+def ccl_cases(masks):
+    """``masks`` plus the GPU peers' cases of ../shared/reference/ccl.md section 6 on the same grid:
+    40 ellipsoids (radius 2-20 voxels, about 0.4 % foreground) and smoothed noise above its 70th
+    percentile."""
     import scipy.ndimage as ndi
 
     shape = masks["noise50"].shape

@@ -8,7 +8,7 @@
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu-local}
 BUDGET=${BUDGET:-480}  # seconds for the whole script; each stage gets what is left
-STAGES=${STAGES:-"build cuda-tests kernels predict other-tests"}
+STAGES=${STAGES:-"build cuda-tests kernels profile predict other-tests"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 deadline=$(( $(date +%s) + BUDGET ))
@@ -52,22 +52,28 @@ cd - >/dev/null
 
 # pytest-timeout cannot stop a kernel that never returns (the GIL is released while it waits), so
 # each stage also runs under `timeout`, and its log keeps what ran before.
-pytest_stage() {  # name, pytest arguments...
-  local name=$1; shift
-  local t0=$(date +%s)
-  timeout $(( $(left) - 10 )) python3 -m pytest -q -rs -p no:cacheprovider --timeout=180 "$@" 2>&1 | tee "$OUT/$name.log" | tail -30
+pytest_stage() {  # name, cap in seconds (0: what is left), pytest arguments...
+  local name=$1 cap=$2; shift 2
+  local t0=$(date +%s) limit=$(( $(left) - 10 ))
+  [ "$cap" -gt 0 ] && [ "$cap" -lt "$limit" ] && limit=$cap
+  timeout $limit python3 -m pytest -q -rs -p no:cacheprovider --timeout=180 "$@" 2>&1 | tee "$OUT/$name.log" | tail -30
   note "$name: $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)' "$OUT/$name.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
 }
 
-# Every CUDA test, first: correctness before speed.
-want cuda-tests 60 && pytest_stage cuda-tests tests -m cuda --junitxml="$OUT/cuda-tests.xml"
+# Every CUDA test, first: correctness before speed. Each stage has a cap, so that a kernel that never
+# returns costs that stage, not the run.
+want cuda-tests 60 && pytest_stage cuda-tests 150 tests -m cuda --junitxml="$OUT/cuda-tests.xml"
 # Kernel benchmarks (labelling, tiles, resampling) against cupyx / torch / a copy.
-want kernels 60 && pytest_stage kernels bench --full -k "gpu and not predict" --benchmark-max-time=0.5 \
+want kernels 60 && pytest_stage kernels 150 bench --full -k "gpu and not predict" --benchmark-max-time=0.5 \
   --benchmark-json="$OUT/bench_kernels.json"
-# Whole-body inference against nnU-Net (needs .whl/nnunet; its runs are skipped without it).
-want predict 120 && PYTHONPATH=$PYTHONPATH:/tmp/site-nn pytest_stage predict bench/test_bench_predict.py --full -k gpu \
-  --benchmark-json="$OUT/bench_predict.json"
-want other-tests 60 && pytest_stage other-tests tests -m "not cuda" -n 8
+want profile 60 && { timeout 60 python3 bench/gpu/profile_kernels.py "$OUT/profile.txt" >"$OUT/profile.log" 2>&1; \
+  note "profile: rc $? (per-kernel times in profile.txt)"; }
+# Whole-body inference against nnU-Net (needs .whl/nnunet; its runs are skipped without it). nnU-Net's
+# cohort run (about 2 minutes) only when asked: COHORT=1.
+cohort=${COHORT:-0}; [ "$cohort" = 1 ] && sel="gpu" || sel="gpu and not (cohort and nnunet)"
+want predict 120 && PYTHONPATH=$PYTHONPATH:/tmp/site-nn pytest_stage predict 0 bench/test_bench_predict.py --full \
+  -k "$sel" --benchmark-json="$OUT/bench_predict.json"
+want other-tests 60 && pytest_stage other-tests 0 tests -m "not cuda" $(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 
 echo; echo "== summary"; printf '%s\n' "${summary[@]}"
 grep -h -A60 "against peers" "$OUT"/kernels.log "$OUT"/predict.log 2>/dev/null | grep -v "^--$"

@@ -1,9 +1,16 @@
-// CUDA twin of cpu/component_stats_cpu.cpp: one thread per voxel, atomics into the per-label rows.
+// CUDA twin of cpu/component_stats_cpu.cpp. One CUDA block per row (i, j) of the labels; each
+// thread sums a run of voxels along k while the label stays the same and adds the run to its
+// label's row with one set of atomics (a lesion's row costs a few, not one per voxel).
+#include <algorithm>
+#include <cmath>
+
 #include "cuda/common.cuh"
 #include "petfast/ops.h"
 
 namespace petfast {
 namespace {
+
+constexpr int kRun = 4;
 
 __device__ void atomic_max_double(double* address, double v) {
   unsigned long long* p = reinterpret_cast<unsigned long long*>(address);
@@ -15,31 +22,59 @@ __device__ void atomic_max_double(double* address, double v) {
   }
 }
 
+struct Run {
+  int label = 0, k_min = 0, k_max = 0, voxels = 0;
+  double sum_k = 0, sum = 0, max = -INFINITY;
+};
+
+__device__ void add_run(const Run& r, int i, int j, bool with_image, double* acc, int32_t* box) {
+  double* a = acc + int64_t(r.label) * kStatsColumns;
+  atomicAdd(a + 0, double(r.voxels));
+  atomicAdd(a + 1, double(i) * r.voxels);
+  atomicAdd(a + 2, double(j) * r.voxels);
+  atomicAdd(a + 3, r.sum_k);
+  if (with_image) {
+    atomicAdd(a + 4, r.sum);
+    atomic_max_double(a + 5, r.max);
+  }
+  int32_t* b = box + int64_t(r.label) * 6;
+  atomicMin(b + 0, i);
+  atomicMax(b + 1, i);
+  atomicMin(b + 2, j);
+  atomicMax(b + 3, j);
+  atomicMin(b + 4, r.k_min);
+  atomicMax(b + 5, r.k_max);
+}
+
 template <typename T>
 __global__ void stats_kernel(const int32_t* __restrict__ lab, Volume labels, const T* __restrict__ img, Volume image,
-                             int64_t count, double* acc, int32_t* box) {
-  const int64_t n = labels.size(), n12 = labels.shape[1] * labels.shape[2];
-  for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < n; p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = p / n12, j = (p / labels.shape[2]) % labels.shape[1], k = p % labels.shape[2];
-    const int32_t l = lab[i * labels.strides[0] + j * labels.strides[1] + k * labels.strides[2]];
-    if (l <= 0 || l > count) continue;
-    double* a = acc + l * kStatsColumns;
-    atomicAdd(a + 0, 1.0);
-    atomicAdd(a + 1, double(i));
-    atomicAdd(a + 2, double(j));
-    atomicAdd(a + 3, double(k));
-    if (img) {
-      const double v = double(img[i * image.strides[0] + j * image.strides[1] + k * image.strides[2]]);
-      atomicAdd(a + 4, v);
-      atomic_max_double(a + 5, v);
+                             int count, double* acc, int32_t* box) {
+  const int n1 = int(labels.shape[1]), n2 = int(labels.shape[2]);
+  const int row = blockIdx.x, i = row / n1, j = row - i * n1;
+  const int32_t* lab_row = lab + i * labels.strides[0] + j * labels.strides[1];
+  const T* img_row = img ? img + i * image.strides[0] + j * image.strides[1] : nullptr;
+  for (int k0 = threadIdx.x * kRun; k0 < n2; k0 += blockDim.x * kRun) {
+    Run r;
+    const int k1 = min(k0 + kRun, n2);
+    for (int k = k0; k < k1; ++k) {
+      const int l = lab_row[k * labels.strides[2]];
+      if (l != r.label) {
+        if (r.voxels) add_run(r, i, j, img != nullptr, acc, box);
+        r = Run();
+        r.label = l;
+        r.k_min = k;
+      }
+      if (l <= 0 || l > count) continue;
+      r.k_max = k;
+      ++r.voxels;
+      r.sum_k += k;
+      if (img_row) {
+        const double v = double(img_row[k * image.strides[2]]);
+        r.sum += v;
+        r.max = fmax(r.max, v);
+      }
     }
-    int32_t* b = box + l * 6;
-    atomicMin(b + 0, int(i));
-    atomicMax(b + 1, int(i));
-    atomicMin(b + 2, int(j));
-    atomicMax(b + 3, int(j));
-    atomicMin(b + 4, int(k));
-    atomicMax(b + 5, int(k));
+    if (r.voxels) add_run(r, i, j, img != nullptr, acc, box);
   }
 }
 
@@ -49,16 +84,17 @@ void component_stats_cuda(const Volume& labels, const Volume* image, int64_t cou
                           uintptr_t stream_handle) {
   DeviceGuard guard(labels.device);
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  const int threads = 256;
-  const unsigned blocks = grid_dim((labels.size() + threads - 1) / threads, 1 << 20);
+  const int64_t rows = labels.shape[0] * labels.shape[1];
+  require(rows < INT32_MAX && labels.shape[2] < INT32_MAX / 2, "component_stats: too many rows for one launch");
+  const int threads = int(std::min<int64_t>(128, (labels.shape[2] + 32 * kRun - 1) / (32 * kRun) * 32));  // warps that cover a row
   const int32_t* lab = static_cast<const int32_t*>(labels.data);
   if (!image) {
-    stats_kernel<float><<<blocks, threads, 0, stream>>>(lab, labels, nullptr, labels, count, acc, box);
+    stats_kernel<float><<<unsigned(rows), threads, 0, stream>>>(lab, labels, nullptr, labels, int(count), acc, box);
   } else {
     dispatch_dtype(image->dtype, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      stats_kernel<T><<<blocks, threads, 0, stream>>>(lab, labels, static_cast<const T*>(image->data), *image, count,
-                                                      acc, box);
+      stats_kernel<T><<<unsigned(rows), threads, 0, stream>>>(lab, labels, static_cast<const T*>(image->data), *image,
+                                                              int(count), acc, box);
     });
   }
   cuda_check(cudaGetLastError(), "component statistics launch");

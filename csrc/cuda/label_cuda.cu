@@ -12,7 +12,7 @@
 // * otherwise (6, 18, or blocks holding two values): union-find over voxels, each joining its
 //   backward neighbours; roots are then each component's first voxel, numbered by a scan.
 // Union-find entries hold parent index + 1 (0 = background).
-#include <vector>
+#include <climits>
 
 #include "cuda/common.cuh"
 #include "petfast/ops.h"
@@ -24,9 +24,20 @@ constexpr int kScanBlock = 1024;
 constexpr int kFlagsPerThread = int(kLabelFlagsPerScanBlock / kScanBlock);
 static_assert(kFlagsPerThread == 16, "the start flags are read as one uint4 per thread");
 
+// Index arithmetic is 32-bit (the dispatcher allows fewer than 2^31 voxels): 64-bit division is
+// emulated on the GPU and cost more than the labelling itself on sparse masks. Addresses into the
+// mask stay 64-bit, as its strides may span more.
 struct Shape3 {
-  int64_t n0, n1, n2, s0, s1, s2;  // logical shape and the mask's element strides
+  int n0, n1, n2;
+  int64_t s0, s1, s2;  // the mask's element strides
 };
+
+__device__ __forceinline__ void coords(int n1, int n2, int64_t v, int& i, int& j, int& k) {
+  const unsigned u = unsigned(v), row = u / unsigned(n2);
+  k = int(u - row * unsigned(n2));
+  i = int(row / unsigned(n1));
+  j = int(row - unsigned(i) * unsigned(n1));
+}
 
 // Backward neighbours (di, dj, dk) in the CPU twin's order: 6-connectivity uses the first 3,
 // 18 the first 9, 26 all 13. The block path uses the same 13 offsets between blocks.
@@ -37,14 +48,14 @@ __constant__ int kNeighboursDevice[13][3] = {{0, 0, -1},  {0, -1, 0},  {-1, 0, 0
                                              {-1, -1, 0}, {-1, 1, 0},  {-1, 0, -1}, {-1, 0, 1},  {-1, -1, -1},
                                              {-1, -1, 1}, {-1, 1, -1}, {-1, 1, 1}};
 
-// Root of v. Other threads re-parent entries concurrently, so reads go to memory. No compression
-// here: a union that finds its root re-parented hangs that root under a node of another tree for a
-// moment (then joins the two), and a compressing store racing with that can link a root of one
-// tree under a node of another, which hung the first GPU run (2026-11-28). The compress kernels
-// point every entry at its root once all unions are done.
+// Root of v. Every entry only ever decreases (atomicMin) and a non-root points below itself, so the
+// walk ends even on a stale (L1-cached) read; a stale "root" is caught by unite's atomicMin, which
+// returns the current parent. Plain loads keep the walks in L1: volatile loads, which go to L2 on
+// every step, made the first H200 run 10x slower than cupyx on dense masks. No compression here
+// (it hung a GPU run on 2026-11-28); the finishing kernels point every entry at its root once all
+// unions are done.
 __device__ __forceinline__ int find_root(const int* parent, int v) {
-  const volatile int* p = parent;
-  for (int q; (q = p[v] - 1) != v;) v = q;
+  for (int q; (q = parent[v] - 1) != v;) v = q;
   return v;
 }
 
@@ -69,34 +80,45 @@ __device__ void unite(int* parent, int a, int b) {
 // ---- voxel path --------------------------------------------------------------------------------
 
 template <typename T>
-__global__ void init_kernel(const T* __restrict__ in, Shape3 s, int* out) {
-  const int64_t n = s.n0 * s.n1 * s.n2;
-  for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < n; v += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = v / (s.n1 * s.n2), j = (v / s.n2) % s.n1, k = v % s.n2;
-    out[v] = in[i * s.s0 + j * s.s1 + k * s.s2] != T(0) ? int(v + 1) : 0;
-  }
+__device__ __forceinline__ T voxel(const T* in, const Shape3& s, int i, int j, int k) {
+  return in[i * s.s0 + j * s.s1 + k * s.s2];
 }
 
 template <typename T>
-__global__ void merge_kernel(const T* __restrict__ in, Shape3 s, int* out, int connectivity) {
-  const int64_t n = s.n0 * s.n1 * s.n2;
-  const int count = connectivity == 6 ? 3 : (connectivity == 18 ? 9 : 13);
+__global__ void init_kernel(const T* __restrict__ in, Shape3 s, int* out) {
+  const int64_t n = int64_t(s.n0) * s.n1 * s.n2;
   for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < n; v += int64_t(gridDim.x) * blockDim.x) {
-    if (out[v] == 0) continue;
-    const int64_t i = v / (s.n1 * s.n2), j = (v / s.n2) % s.n1, k = v % s.n2;
-    const T val = in[i * s.s0 + j * s.s1 + k * s.s2];
-    for (int q = 0; q < count; ++q) {
-      const int64_t i2 = i + kNeighboursDevice[q][0], j2 = j + kNeighboursDevice[q][1], k2 = k + kNeighboursDevice[q][2];
-      if (i2 < 0 || j2 < 0 || j2 >= s.n1 || k2 < 0 || k2 >= s.n2) continue;
-      if (in[i2 * s.s0 + j2 * s.s1 + k2 * s.s2] != val) continue;
-      unite(out, int(v), int((i2 * s.n1 + j2) * s.n2 + k2));
-    }
+    int i, j, k;
+    coords(s.n1, s.n2, v, i, j, k);
+    out[v] = voxel(in, s, i, j, k) != T(0) ? int(v + 1) : 0;
   }
 }
 
-__global__ void compress_kernel(int* out, int64_t n) {
+// When the left neighbour (0, 0, -1) holds the same value, every backward neighbour with dk <= 0
+// is also a backward neighbour of the left one, which joins them itself: with 26-connectivity only
+// the left one and the 4 at dk = +1 remain (5 unions instead of 13), with 18 the left one and 4
+// (5 instead of 9). 6-connectivity has no such overlap. Bits over kNeighbours' order.
+constexpr unsigned kAfterSameLeft26 = (1u << 0) | (1u << 4) | (1u << 8) | (1u << 10) | (1u << 12);
+constexpr unsigned kAfterSameLeft18 = (1u << 0) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8);
+
+template <typename T>
+__global__ void merge_kernel(const T* __restrict__ in, Shape3 s, int* out, int connectivity) {
+  const int64_t n = int64_t(s.n0) * s.n1 * s.n2;
+  const int count = connectivity == 6 ? 3 : (connectivity == 18 ? 9 : 13);
+  const unsigned after_same_left = connectivity == 6 ? 0x7u : (connectivity == 18 ? kAfterSameLeft18 : kAfterSameLeft26);
   for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < n; v += int64_t(gridDim.x) * blockDim.x) {
-    if (out[v] != 0) out[v] = find_root(out, int(v)) + 1;
+    if (out[v] == 0) continue;
+    int i, j, k;
+    coords(s.n1, s.n2, v, i, j, k);
+    const T val = voxel(in, s, i, j, k);
+    const unsigned todo = k > 0 && voxel(in, s, i, j, k - 1) == val ? after_same_left : 0x1fffu;
+    for (int q = 0; q < count; ++q) {
+      if (!((todo >> q) & 1u)) continue;
+      const int i2 = i + kNeighboursDevice[q][0], j2 = j + kNeighboursDevice[q][1], k2 = k + kNeighboursDevice[q][2];
+      if (i2 < 0 || j2 < 0 || j2 >= s.n1 || k2 < 0 || k2 >= s.n2) continue;
+      if (voxel(in, s, i2, j2, k2) != val) continue;
+      unite(out, int(v), (i2 * s.n1 + j2) * s.n2 + k2);
+    }
   }
 }
 
@@ -161,14 +183,18 @@ __global__ void number_roots_kernel(int* out, int64_t n, const int* block_offset
   if (flag) out[v] = -(block_offsets[blockIdx.x] + before + 1);
 }
 
+// Every member takes its root's label: walk up to the first entry that is a label already (the
+// root, numbered negative, or a member finished before); negative until all are done.
 __global__ void members_kernel(int* out, int64_t n) {
   for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < n; v += int64_t(gridDim.x) * blockDim.x) {
-    const int p = out[v];
-    if (p > 0) out[v] = -out[p - 1];
+    int p = out[v];
+    if (p <= 0) continue;
+    while (p > 0) p = out[p - 1];
+    out[v] = p;
   }
 }
 
-__global__ void flip_roots_kernel(int* out, int64_t n) {
+__global__ void flip_kernel(int* out, int64_t n) {
   for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < n; v += int64_t(gridDim.x) * blockDim.x) {
     if (out[v] < 0) out[v] = -out[v];
   }
@@ -178,18 +204,18 @@ __global__ void flip_roots_kernel(int* out, int64_t n) {
 
 struct Blocks {
   Shape3 s;
-  int64_t b0, b1, b2;  // blocks per axis
+  int b0, b1, b2;  // blocks per axis
 };
 
 // Bit q = 4 di + 2 dj + dk of a block's occupancy is voxel (2 bi + di, 2 bj + dj, 2 bk + dk): the
 // lowest set bit is the block's first voxel in raster order.
-__device__ __forceinline__ int64_t voxel_of(const Blocks& g, int64_t bi, int64_t bj, int64_t bk, int q) {
+__device__ __forceinline__ int voxel_of(const Blocks& g, int bi, int bj, int bk, int q) {
   return ((2 * bi + (q >> 2)) * g.s.n1 + 2 * bj + ((q >> 1) & 1)) * g.s.n2 + 2 * bk + (q & 1);
 }
 
 template <typename T>
-__device__ __forceinline__ T value_at(const T* in, const Blocks& g, int64_t bi, int64_t bj, int64_t bk, int q) {
-  return in[(2 * bi + (q >> 2)) * g.s.s0 + (2 * bj + ((q >> 1) & 1)) * g.s.s1 + (2 * bk + (q & 1)) * g.s.s2];
+__device__ __forceinline__ T value_at(const T* in, const Blocks& g, int bi, int bj, int bk, int q) {
+  return voxel(in, g.s, 2 * bi + (q >> 2), 2 * bj + ((q >> 1) & 1), 2 * bk + (q & 1));
 }
 
 // The bits of a block's voxels that face the neighbour at block offset (e0, e1, e2): along an axis
@@ -220,9 +246,10 @@ __constant__ FacingMasks kFacing = facing_masks();
 
 template <typename T>
 __global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* parent, uint8_t* occupancy, int* mixed) {
-  const int64_t nb = g.b0 * g.b1 * g.b2;
+  const int64_t nb = int64_t(g.b0) * g.b1 * g.b2;
   for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t bi = b / (g.b1 * g.b2), bj = (b / g.b2) % g.b1, bk = b % g.b2;
+    int bi, bj, bk;
+    coords(g.b1, g.b2, b, bi, bj, bk);
     unsigned bits = 0;
     T first = T(0);
     bool two_values = false;
@@ -243,36 +270,38 @@ __global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* paren
 
 template <typename T>
 __global__ void block_merge_kernel(const T* __restrict__ in, Blocks g, int* parent, const uint8_t* __restrict__ occupancy) {
-  const int64_t nb = g.b0 * g.b1 * g.b2;
+  const int64_t nb = int64_t(g.b0) * g.b1 * g.b2;
   for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
     const unsigned bits = occupancy[b];
     if (bits == 0) continue;
-    const int64_t bi = b / (g.b1 * g.b2), bj = (b / g.b2) % g.b1, bk = b % g.b2;
+    int bi, bj, bk;
+    coords(g.b1, g.b2, b, bi, bj, bk);
     const T val = value_at(in, g, bi, bj, bk, __ffs(bits) - 1);
 #pragma unroll
     for (int q = 0; q < 13; ++q) {
-      const int64_t i2 = bi + kNeighboursDevice[q][0], j2 = bj + kNeighboursDevice[q][1], k2 = bk + kNeighboursDevice[q][2];
+      const int i2 = bi + kNeighboursDevice[q][0], j2 = bj + kNeighboursDevice[q][1], k2 = bk + kNeighboursDevice[q][2];
       if (i2 < 0 || j2 < 0 || j2 >= g.b1 || k2 < 0 || k2 >= g.b2) continue;
       if (!(bits & kFacing.own[q])) continue;
-      const int64_t b2 = (i2 * g.b1 + j2) * g.b2 + k2;
+      const int b2 = (i2 * g.b1 + j2) * g.b2 + k2;
       const unsigned other = occupancy[b2];
       if (!(other & kFacing.other[q])) continue;
       if (value_at(in, g, i2, j2, k2, __ffs(other) - 1) != val) continue;
-      unite(parent, int(b), int(b2));
+      unite(parent, int(b), b2);
     }
   }
 }
 
 // Every block to its root, and each root's `first` to the smallest first voxel of its blocks.
 __global__ void block_compress_kernel(Blocks g, int* parent, const uint8_t* __restrict__ occupancy, int* first) {
-  const int64_t nb = g.b0 * g.b1 * g.b2;
+  const int64_t nb = int64_t(g.b0) * g.b1 * g.b2;
   for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
     const unsigned bits = occupancy[b];
     if (bits == 0) continue;
     const int r = find_root(parent, int(b));
     parent[b] = r + 1;
-    const int64_t bi = b / (g.b1 * g.b2), bj = (b / g.b2) % g.b1, bk = b % g.b2;
-    atomicMin(first + r, int(voxel_of(g, bi, bj, bk, __ffs(bits) - 1)));
+    int bi, bj, bk;
+    coords(g.b1, g.b2, b, bi, bj, bk);
+    atomicMin(first + r, voxel_of(g, bi, bj, bk, __ffs(bits) - 1));
   }
 }
 
@@ -305,7 +334,8 @@ __global__ void number_starts_kernel(const uint4* __restrict__ starts, Blocks g,
 #pragma unroll
   for (int q = 0; q < kFlagsPerThread; ++q) {
     if (!((words[q >> 2] >> (8 * (q & 3))) & 0xffu)) continue;
-    const int64_t v = v0 + q, i = v / (g.s.n1 * g.s.n2), j = (v / g.s.n2) % g.s.n1, k = v % g.s.n2;
+    int i, j, k;
+    coords(g.s.n1, g.s.n2, v0 + q, i, j, k);
     label_of_root[parent[((i / 2) * g.b1 + j / 2) * g.b2 + k / 2] - 1] = label++;
   }
 }
@@ -313,13 +343,13 @@ __global__ void number_starts_kernel(const uint4* __restrict__ starts, Blocks g,
 // One CUDA block per row (i, j) of the labels: coalesced writes, no per-voxel division.
 __global__ void block_labels_kernel(Blocks g, const int* __restrict__ parent, const uint8_t* __restrict__ occupancy,
                                     const int* __restrict__ label_of_root, int* out) {
-  const int64_t row = blockIdx.x, i = row / g.s.n1, j = row % g.s.n1;
-  const int64_t brow = ((i / 2) * g.b1 + j / 2) * g.b2;
-  const int shift = 4 * int(i & 1) + 2 * int(j & 1);
-  for (int64_t k = threadIdx.x; k < g.s.n2; k += blockDim.x) {
-    const int64_t b = brow + k / 2;
-    const bool on = (occupancy[b] >> (shift + int(k & 1))) & 1u;
-    out[row * g.s.n2 + k] = on ? label_of_root[parent[b] - 1] : 0;
+  const int row = blockIdx.x, i = row / g.s.n1, j = row - i * g.s.n1;
+  const int brow = ((i / 2) * g.b1 + j / 2) * g.b2;
+  const int shift = 4 * (i & 1) + 2 * (j & 1);
+  for (int k = threadIdx.x; k < g.s.n2; k += blockDim.x) {
+    const int b = brow + k / 2;
+    const bool on = (occupancy[b] >> (shift + (k & 1))) & 1u;
+    out[int64_t(row) * g.s.n2 + k] = on ? label_of_root[parent[b] - 1] : 0;
   }
 }
 
@@ -338,7 +368,8 @@ int64_t read_count(const int* device_count, cudaStream_t stream) {
 int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream_handle) {
   DeviceGuard guard(src.device);
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  const Shape3 s{src.shape[0], src.shape[1], src.shape[2], src.strides[0], src.strides[1], src.strides[2]};
+  require(src.size() < INT32_MAX, "internal: label_cuda indexes voxels with int32");
+  const Shape3 s{int(src.shape[0]), int(src.shape[1]), int(src.shape[2]), src.strides[0], src.strides[1], src.strides[2]};
   const LabelScratchLayout layout = label_scratch_layout(src.shape);
   require(scratch.dtype == DType::Int32 && scratch.size() >= layout.total, "internal: label scratch too small");
   const int64_t n = src.size();
@@ -348,7 +379,7 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
 
   if (connectivity == 26) {
     const Blocks g{s, (s.n0 + 1) / 2, (s.n1 + 1) / 2, (s.n2 + 1) / 2};
-    const int64_t nb = g.b0 * g.b1 * g.b2, flag_blocks = (layout.total - layout.starts) * 4 / kLabelFlagsPerScanBlock;
+    const int64_t nb = int64_t(g.b0) * g.b1 * g.b2, flag_blocks = (layout.total - layout.starts) * 4 / kLabelFlagsPerScanBlock;
     int *mixed = base + layout.mixed, *parent = base + layout.parent, *first = base + layout.first;
     auto* occupancy = reinterpret_cast<uint8_t*>(base + layout.occupancy);
     auto* starts = reinterpret_cast<uint8_t*>(base + layout.starts);
@@ -370,7 +401,7 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
       count_starts_kernel<<<unsigned(flag_blocks), kScanBlock, 0, stream>>>(flags, counts);
       scan_counts_kernel<<<1, kScanBlock, 0, stream>>>(counts, flag_blocks);
       number_starts_kernel<<<unsigned(flag_blocks), kScanBlock, 0, stream>>>(flags, g, counts, parent, first);
-      block_labels_kernel<<<unsigned(s.n0 * s.n1), 128, 0, stream>>>(g, parent, occupancy, first, out);
+      block_labels_kernel<<<unsigned(s.n0) * unsigned(s.n1), 128, 0, stream>>>(g, parent, occupancy, first, out);
       return read_count(counts + flag_blocks, stream);
     }
   }
@@ -382,12 +413,11 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
     init_kernel<T><<<blocks_for(n), 256, 0, stream>>>(in, s, out);
     merge_kernel<T><<<blocks_for(n), 256, 0, stream>>>(in, s, out, connectivity);
   });
-  compress_kernel<<<blocks_for(n), 256, 0, stream>>>(out, n);
   count_roots_kernel<<<unsigned(scan_blocks), kScanBlock, 0, stream>>>(out, n, counts);
   scan_counts_kernel<<<1, kScanBlock, 0, stream>>>(counts, scan_blocks);
   number_roots_kernel<<<unsigned(scan_blocks), kScanBlock, 0, stream>>>(out, n, counts);
   members_kernel<<<blocks_for(n), 256, 0, stream>>>(out, n);
-  flip_roots_kernel<<<blocks_for(n), 256, 0, stream>>>(out, n);
+  flip_kernel<<<blocks_for(n), 256, 0, stream>>>(out, n);
   return read_count(counts + scan_blocks, stream);
 }
 

@@ -1,4 +1,5 @@
 // CUDA twins of cpu/tiles_cpu.cpp.
+#include <string>
 #include <type_traits>
 
 #include "cuda/common.cuh"
@@ -7,7 +8,12 @@
 namespace petfast {
 namespace {
 
-unsigned int blocks_for(int64_t n, int threads) { return grid_dim((n + threads - 1) / threads, 1 << 20); }
+// The kernels run one CUDA block per row of `width` elements, threads along the row.
+unsigned int row_blocks(int64_t rows, const char* what) {
+  require(rows < (int64_t(1) << 31), std::string(what) + ": too many rows for one launch");
+  return unsigned(rows);
+}
+int row_threads(int64_t width) { return width >= 128 ? 128 : 64; }
 
 // One CUDA block per output row (b, c, z, y): threads run along x, so reads and writes are
 // coalesced and the index arithmetic is per row, not per element.
@@ -47,10 +53,11 @@ __global__ void accumulate_kernel(const float* __restrict__ t, NdView tiles, int
   }
 }
 
+// One CUDA block per row (z, y), threads along x.
 __global__ void finalize_kernel(const float* __restrict__ a, NdView acc, uint8_t* l, NdView labels) {
-  const int64_t C = acc.shape[0], H = acc.shape[2], W = acc.shape[3], n = acc.shape[1] * H * W;
-  for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < n; p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t x = p % W, y = (p / W) % H, z = p / (W * H);
+  const int64_t C = acc.shape[0], H = acc.shape[2], W = acc.shape[3];
+  const int64_t y = blockIdx.x % H, z = blockIdx.x / H;
+  for (int64_t x = threadIdx.x; x < W; x += blockDim.x) {
     const float* v = a + z * acc.strides[1] + y * acc.strides[2] + x * acc.strides[3];
     uint8_t best = 0;
     if (C == 1) {
@@ -74,16 +81,15 @@ __global__ void finalize_kernel(const float* __restrict__ a, NdView acc, uint8_t
 void gather_tiles_cuda(const NdView& src, const NdView& dst, const TileOrigins& origins, double pad, uintptr_t s) {
   DeviceGuard guard(src.device);
   auto stream = reinterpret_cast<cudaStream_t>(s);
-  const int64_t rows = dst.shape[0] * dst.shape[1] * dst.shape[2] * dst.shape[3];
-  require(rows < (int64_t(1) << 31), "gather tiles: too many rows for one launch");
-  const int threads = dst.shape[4] >= 128 ? 128 : 64;
+  const unsigned rows = row_blocks(dst.shape[0] * dst.shape[1] * dst.shape[2] * dst.shape[3], "gather tiles");
+  const int threads = row_threads(dst.shape[4]);
   dispatch_dtype(src.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     if (dst.dtype == src.dtype) {
-      gather_kernel<T, T><<<unsigned(rows), threads, 0, stream>>>(
+      gather_kernel<T, T><<<rows, threads, 0, stream>>>(
           static_cast<const T*>(src.data), src, static_cast<T*>(dst.data), dst, origins, static_cast<T>(pad));
     } else {
-      gather_kernel<T, float><<<unsigned(rows), threads, 0, stream>>>(
+      gather_kernel<T, float><<<rows, threads, 0, stream>>>(
           static_cast<const T*>(src.data), src, static_cast<float*>(dst.data), dst, origins, float(pad));
     }
   });
@@ -94,11 +100,10 @@ void accumulate_tiles_cuda(const NdView& tiles, const NdView& weight_map, const 
                            const NdView& weight, uintptr_t s) {
   DeviceGuard guard(tiles.device);
   auto stream = reinterpret_cast<cudaStream_t>(s);
-  const int64_t rows = tiles.shape[2] * tiles.shape[3];
-  require(rows < (int64_t(1) << 31), "accumulate tiles: too many rows for one launch");
-  const int threads = tiles.shape[4] >= 128 ? 128 : 64;
+  const unsigned rows = row_blocks(tiles.shape[2] * tiles.shape[3], "accumulate tiles");
+  const int threads = row_threads(tiles.shape[4]);
   for (int b = 0; b < origins.count; ++b) {
-    accumulate_kernel<<<unsigned(rows), threads, 0, stream>>>(
+    accumulate_kernel<<<rows, threads, 0, stream>>>(
         static_cast<const float*>(tiles.data), tiles, b, static_cast<const float*>(weight_map.data), weight_map, origins,
         static_cast<float*>(acc.data), acc, static_cast<float*>(weight.data), weight);
   }
@@ -108,7 +113,7 @@ void accumulate_tiles_cuda(const NdView& tiles, const NdView& weight_map, const 
 void finalize_tiles_cuda(const NdView& acc, const NdView& labels, uintptr_t s) {
   DeviceGuard guard(acc.device);
   auto stream = reinterpret_cast<cudaStream_t>(s);
-  finalize_kernel<<<blocks_for(acc.shape[1] * acc.shape[2] * acc.shape[3], 256), 256, 0, stream>>>(
+  finalize_kernel<<<row_blocks(acc.shape[1] * acc.shape[2], "finalize tiles"), row_threads(acc.shape[3]), 0, stream>>>(
       static_cast<const float*>(acc.data), acc, static_cast<uint8_t*>(labels.data), labels);
   cuda_check(cudaGetLastError(), "finalize tiles launch");
 }

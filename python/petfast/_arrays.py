@@ -85,11 +85,22 @@ def adapt(x, name: str) -> Array:
                  a.ctypes.data, -1)
 
 
-def _adapt_torch(t, name: str) -> Array:
-    import torch
+_TORCH_DTYPES: dict = {}  # torch dtype <-> numpy dtype, both ways, filled on first use
 
-    codes = {torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32,
-             torch.float32: np.float32, torch.float64: np.float64}
+
+def _torch_dtypes() -> dict:
+    if not _TORCH_DTYPES:
+        import torch
+
+        for t, n in ((torch.uint8, np.uint8), (torch.int16, np.int16), (torch.int32, np.int32),
+                     (torch.float32, np.float32), (torch.float64, np.float64)):
+            _TORCH_DTYPES[t] = np.dtype(n)
+            _TORCH_DTYPES[np.dtype(n)] = t
+    return _TORCH_DTYPES
+
+
+def _adapt_torch(t, name: str) -> Array:
+    codes = _torch_dtypes()
     if t.dtype not in codes:
         raise TypeError(f"{name}: dtype {t.dtype} is not supported (supported: {SUPPORTED}); "
                         "convert it first, e.g. x.float()")
@@ -105,7 +116,7 @@ def _adapt_torch(t, name: str) -> Array:
     t = t.detach()
     if t.is_conj() or t.is_neg():
         t = t.resolve_conj().resolve_neg()
-    return Array(t, "torch", np.dtype(codes[t.dtype]), tuple(t.shape), tuple(t.stride()),
+    return Array(t, "torch", codes[t.dtype], tuple(t.shape), tuple(t.stride()),
                  t.data_ptr(), device)
 
 
@@ -135,31 +146,36 @@ def empty(like: Array, shape, dtype, *, axis_order=None, zeroed: bool = False) -
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    what = f"an array of shape {shape} ({dtype}, {nbytes / 2**30:.2f} GiB)"
+
+    def what():
+        return f"an array of shape {shape} ({dtype}, {nbytes / 2**30:.2f} GiB)"
+
     # Linux overcommits: a too-large host array would be granted, then the process killed while
     # writing it. So large host allocations are checked against the memory actually available.
     if not like.on_cuda and nbytes > _CHECKED_BYTES:
         avail = _available_host_bytes()
         if avail is not None and nbytes > avail:
-            raise OutOfMemoryError(f"{what} does not fit in the {avail / 2**30:.2f} GiB of memory available")
+            raise OutOfMemoryError(f"{what()} does not fit in the {avail / 2**30:.2f} GiB of memory available")
     if axis_order is None:
         fortran = like.kind == "numpy" and like.obj.flags.f_contiguous and not like.obj.flags.c_contiguous
         axis_order = (2, 1, 0) if fortran and len(shape) == 3 else tuple(range(len(shape)))
-    inverse = tuple(int(a) for a in np.argsort(axis_order))
+    axis_order = tuple(axis_order)
+    identity = axis_order == tuple(range(len(shape)))
+    inverse = axis_order if identity else tuple(int(a) for a in np.argsort(axis_order))
     stored = tuple(shape[a] for a in axis_order)
     try:
         if like.kind == "numpy":  # np.zeros maps fresh zero pages: untouched parts cost nothing
-            return adapt((np.zeros if zeroed else np.empty)(stored, dtype).transpose(inverse), "output")
+            new = (np.zeros if zeroed else np.empty)(stored, dtype)
+            return adapt(new if identity else new.transpose(inverse), "output")
         import torch
 
-        tdtype = getattr(torch, dtype.name)
         device = torch.device("cuda", like.device) if like.on_cuda else torch.device("cpu")
-        new = torch.zeros if zeroed else torch.empty
-        return adapt(new(stored, dtype=tdtype, device=device).permute(*inverse), "output")
+        new = (torch.zeros if zeroed else torch.empty)(stored, dtype=_torch_dtypes()[dtype], device=device)
+        return adapt(new if identity else new.permute(*inverse), "output")
     except MemoryError as e:
-        raise OutOfMemoryError(f"{what} does not fit in memory") from e
+        raise OutOfMemoryError(f"{what()} does not fit in memory") from e
     except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
         if "out of memory" in str(e).lower():
-            raise OutOfMemoryError(f"{what} does not fit in the memory of cuda:{like.device}") from e
+            raise OutOfMemoryError(f"{what()} does not fit in the memory of cuda:{like.device}") from e
         raise
 

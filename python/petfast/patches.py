@@ -92,10 +92,24 @@ def gaussian_importance_map(patch_size, sigma_scale: float = 1.0 / 8, value_scal
     return g
 
 
-def _chunks(origins, n=128):
-    origins = [tuple(int(v) for v in o) for o in origins]
-    for i in range(0, len(origins), n):
-        yield i, origins[i:i + n]
+def _origins(origins) -> list:
+    """Origins as lists of 3 ints (what the kernels take)."""
+    out = [[int(v) for v in o] for o in origins]
+    if any(len(o) != 3 for o in out):
+        raise ValueError("every origin has 3 coordinates (D, H, W)")
+    return out
+
+
+_MAX_TILES = 128  # tiles per launch: kMaxTiles in csrc/petfast/array.h
+
+
+def _launches(tiles: _arrays.Array, origins):
+    """(tiles, origins) per kernel launch: the whole batch when it fits in one."""
+    if len(origins) <= _MAX_TILES:
+        yield tiles, origins
+        return
+    for i in range(0, len(origins), _MAX_TILES):
+        yield _arrays.adapt(tiles.obj[i:i + _MAX_TILES], "tiles"), origins[i:i + _MAX_TILES]
 
 
 def _view4(volume, name):
@@ -111,17 +125,14 @@ def gather_tiles(volume, origins, patch_size, pad: float = 0.0, dtype=np.float32
     (training patches may). Same kind and device as the volume."""
     src = _view4(volume, "volume")
     patch = _patch(patch_size)
-    origins = [tuple(int(v) for v in o) for o in origins]
-    if any(len(o) != 3 for o in origins):
-        raise ValueError("every origin has 3 coordinates (D, H, W)")
+    origins = _origins(origins)
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float32), src.dtype):
         raise TypeError(f"tiles are float32 or the volume's dtype {src.dtype}, not {dtype}")
     out = _arrays.empty(src, (len(origins), src.shape[0]) + patch, dtype, axis_order=(0, 1, 2, 3, 4))
     stream = src.stream()
-    for start, chunk in _chunks(origins):
-        part = _arrays.adapt(out.obj[start:start + len(chunk)], "tiles")
-        _C.gather_tiles(src.spec(), part.spec(), [list(o) for o in chunk], float(pad), stream)
+    for part, chunk in _launches(out, origins):
+        _C.gather_tiles(src.spec(), part.spec(), chunk, float(pad), stream)
     return out.obj
 
 
@@ -132,11 +143,12 @@ def accumulate_tiles(acc, weight, tiles, origins, weight_map) -> None:
     t, g = _arrays.adapt(tiles, "tiles"), _arrays.adapt(weight_map, "weight_map")
     if t.ndim != 5:
         raise ValueError(f"tiles must be (B, C, d, h, w), got shape {t.shape}")
+    origins = _origins(origins)
     if len(origins) != t.shape[0]:
         raise ValueError(f"{len(origins)} origins for {t.shape[0]} tiles")
-    for start, chunk in _chunks(origins):
-        part = _arrays.adapt(t.obj[start:start + len(chunk)], "tiles")
-        _C.accumulate_tiles(part.spec(), g.spec(), [list(o) for o in chunk], a.spec(), w.spec(), a.stream())
+    stream = a.stream()
+    for part, chunk in _launches(t, origins):
+        _C.accumulate_tiles(part.spec(), g.spec(), chunk, a.spec(), w.spec(), stream)
 
 
 def finalize(acc):

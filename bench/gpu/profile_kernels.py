@@ -1,0 +1,59 @@
+"""Per-kernel GPU times (torch.profiler) of petfast's labelling on the GPU label benchmark's cases,
+of component statistics, and of the tile kernels: which phase to work on next. Writes a text
+report to the path given (bench/gpu/run.sh: $OUT/profile.txt).
+
+    python bench/gpu/profile_kernels.py OUT.txt
+"""
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import petfast  # noqa: E402
+from petfast import patches  # noqa: E402
+from test_bench_components import GPU_CASES, base_cases, ccl_cases  # noqa: E402
+
+
+def report(title, fn, repeat=5):
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeat):
+            fn()
+        torch.cuda.synchronize()
+    rows = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    rows.sort(key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in rows) / repeat
+    lines = [f"## {title}: {total / 1e3:.3f} ms of kernels and copies per call"]
+    lines += [f"  {e.device_time_total / repeat / 1e3:8.3f} ms  x{e.count // repeat:<3d} {e.key[:100]}" for e in rows[:12]]
+    return "\n".join(lines)
+
+
+def main(out):
+    cases = ccl_cases(base_cases(full=True))
+    parts = []
+    for case, conn in GPU_CASES:
+        x = torch.from_numpy(cases[case]).cuda()
+        parts.append(report(f"label {case} {conn}", lambda: petfast.label(x, conn)))
+    x = torch.from_numpy(cases["sparse"]).cuda()
+    labels, count = petfast.label(x, 26)
+    pet = torch.rand(x.shape, device="cuda") * 10
+    parts.append(report("component_stats sparse", lambda: petfast.component_stats(labels, pet, (2.04, 2.04, 3.0))))
+    v = torch.randn(2, 326, 400, 400, device="cuda")
+    patch = (128, 128, 128)
+    origins = patches.tile_origins(v.shape[1:], patch)[:8]
+    tiles = patches.gather_tiles(v, origins, patch)
+    g = torch.from_numpy(patches.gaussian_importance_map(patch)).cuda()
+    acc, weight = torch.zeros_like(v), torch.zeros(v.shape[1:], device="cuda")
+    parts.append(report("gather 8 tiles", lambda: patches.gather_tiles(v, origins, patch)))
+    parts.append(report("accumulate 8 tiles", lambda: patches.accumulate_tiles(acc, weight, tiles, origins, g)))
+    parts.append(report("finalize", lambda: patches.finalize(acc)))
+    text = "\n\n".join(parts)
+    Path(out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
