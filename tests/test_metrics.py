@@ -230,6 +230,33 @@ def test_evaluate_cli(tmp_path, capsys):
     assert "no prediction" in capsys.readouterr().err and not bad_out.exists()
 
 
+def _stats_nan_cases(device):
+    """component_stats reads the image inside the components only: a NaN there is an error, one
+    outside is not."""
+    torch = pytest.importorskip("torch") if device != "numpy" else None
+    labels = np.zeros((6, 7, 8), np.int32)
+    labels[1:3, 1:3, 1:3] = 1
+    labels[4, 5, 6] = 2
+    image = np.ones(labels.shape, np.float32)
+    image[0, 0, 0] = np.nan
+    as_kind = (lambda x: x) if torch is None else (lambda x: torch.from_numpy(x).to(device))
+    st = petfast.component_stats(as_kind(labels), as_kind(image))
+    assert list(st["max"]) == [1.0, 1.0] and list(st["voxels"]) == [8, 1]
+    image[4, 5, 6] = np.nan
+    with pytest.raises(ValueError, match="NaN values inside the components"):
+        petfast.component_stats(as_kind(labels), as_kind(image))
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_stats_nan_inside_components_is_an_error(device):
+    _stats_nan_cases(device)
+
+
+@pytest.mark.cuda
+def test_cuda_stats_nan_inside_components_is_an_error():
+    _stats_nan_cases("cuda")
+
+
 @pytest.mark.cuda
 def test_cuda_stats_match_cpu(rng):
     torch = pytest.importorskip("torch")

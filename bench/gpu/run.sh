@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One-shot GPU check, in priority order inside a time budget (device time is scarce): build with nvcc,
 # the CUDA tests of every kernel (resampling, labelling, component statistics, tiles, the Predictor,
-# training), the kernel benchmarks, the whole-body inference benchmarks against nnU-Net, then the rest
-# of the test suite if time is left. Logs and JSON land in $OUT (bench/results/gpu-local here).
+# training), the rest of the test suite, the kernel benchmarks and per-kernel profile, the whole-body
+# inference benchmarks against nnU-Net. JSON and a logs archive land in $OUT (bench/results/gpu-local here).
 #   bash bench/gpu/run.sh                 (a machine with a CUDA GPU, nvcc, torch, pytest-benchmark)
 #   BUDGET=300 STAGES="build cuda-tests kernels" bash bench/gpu/run.sh
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu-local}
 BUDGET=${BUDGET:-480}  # seconds for the whole script; each stage gets what is left
-STAGES=${STAGES:-"build cuda-tests kernels profile predict other-tests"}
+STAGES=${STAGES:-"build cuda-tests other-tests kernels profile predict"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 deadline=$(( $(date +%s) + BUDGET ))
@@ -60,20 +60,31 @@ pytest_stage() {  # name, cap in seconds (0: what is left), pytest arguments...
   note "$name: $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)' "$OUT/$name.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
 }
 
-# Every CUDA test, first: correctness before speed. Each stage has a cap, so that a kernel that never
-# returns costs that stage, not the run.
+# Every CUDA test, first: correctness before speed; then the rest of the suite (CI runs it without
+# a GPU; here a GPU is visible to it). Each stage has a cap, so that a kernel that never returns
+# costs that stage, not the run.
 want cuda-tests 60 && pytest_stage cuda-tests 150 tests -m cuda --junitxml="$OUT/cuda-tests.xml"
+want other-tests 60 && pytest_stage other-tests 120 tests -m "not cuda" -rfE \
+  $(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 # Kernel benchmarks (labelling, tiles, resampling) against cupyx / torch / a copy.
 want kernels 60 && pytest_stage kernels 150 bench --full -k "gpu and not predict" --benchmark-max-time=0.5 \
   --benchmark-json="$OUT/bench_kernels.json"
+# Per-kernel times, and the network stage in both memory layouts.
 want profile 60 && { timeout 60 python3 bench/gpu/profile_kernels.py "$OUT/profile.txt" >"$OUT/profile.log" 2>&1; \
   note "profile: rc $? (per-kernel times in profile.txt)"; }
+want profile 90 && { timeout 90 python3 bench/gpu/network_ab.py "$OUT/network_ab.json" >"$OUT/network_ab.log" 2>&1; \
+  note "network layouts: rc $? ($(tr -d '\n ' <"$OUT/network_ab.json" 2>/dev/null))"; }
 # Whole-body inference against nnU-Net (needs .whl/nnunet; its runs are skipped without it). nnU-Net's
-# cohort run (about 2 minutes) only when asked: COHORT=1.
-cohort=${COHORT:-0}; [ "$cohort" = 1 ] && sel="gpu" || sel="gpu and not (cohort and nnunet)"
+# files-to-files runs take about a minute (NNUNET=0 skips them), its cohort run 2 more (NNUNET=2).
+case ${NNUNET:-1} in
+  0) sel="gpu and not (files and nnunet) and not (cohort and nnunet)" ;;
+  1) sel="gpu and not (cohort and nnunet)" ;;
+  *) sel="gpu" ;;
+esac
 want predict 120 && PYTHONPATH=$PYTHONPATH:/tmp/site-nn pytest_stage predict 0 bench/test_bench_predict.py --full \
   -k "$sel" --benchmark-json="$OUT/bench_predict.json"
-want other-tests 60 && pytest_stage other-tests 0 tests -m "not cuda" $(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 
 echo; echo "== summary"; printf '%s\n' "${summary[@]}"
 grep -h -A60 "against peers" "$OUT"/kernels.log "$OUT"/predict.log 2>/dev/null | grep -v "^--$"
+# At most 8 files come back from the device machine: the logs go in one archive.
+(cd "$OUT" && tar czf logs.tar.gz --remove-files -- *.log *.txt *.xml 2>/dev/null)

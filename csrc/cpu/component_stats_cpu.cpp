@@ -30,6 +30,7 @@ void accumulate(const Volume& labels, const Volume* image, int64_t count, double
         a[3] += double(k);
         if (img) {
           const double v = double(img[i * image->strides[0] + j * image->strides[1] + k * image->strides[2]]);
+          if (v != v) acc[0] += 1.0;  // NaN: counted in row 0 (the caller raises)
           a[4] += v;
           a[5] = std::max(a[5], v);
         }
@@ -46,6 +47,7 @@ void accumulate(const Volume& labels, const Volume* image, int64_t count, double
 }  // namespace
 
 void component_stats_cpu(const Volume& labels, const Volume* image, int64_t count, double* acc, int32_t* box) {
+  for (int64_t l = 0; l <= count; ++l) init_stats_row(l, acc, box);
   const int64_t n0 = labels.shape[0];
   // Private accumulators per thread when they are small next to the volume; else one thread.
   const int64_t per_thread_bytes = (count + 1) * (kStatsColumns * 8 + 24);
@@ -71,7 +73,7 @@ void component_stats_cpu(const Volume& labels, const Volume* image, int64_t coun
     for (int64_t t = t0; t < t1; ++t) run(accs[t].data(), boxes[t].data(), n0 * t / threads, n0 * (t + 1) / threads);
   });
   for (int t = 0; t < threads; ++t)
-    for (int64_t l = 1; l <= count; ++l) {
+    for (int64_t l = 0; l <= count; ++l) {  // row 0 too: its NaN count
       double* a = acc + l * kStatsColumns;
       const double* p = accs[t].data() + l * kStatsColumns;
       for (int c = 0; c < 5; ++c) a[c] = t == 0 ? p[c] : a[c] + p[c];

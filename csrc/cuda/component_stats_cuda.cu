@@ -22,8 +22,13 @@ __device__ void atomic_max_double(double* address, double v) {
   }
 }
 
+__global__ void init_kernel(int64_t rows, double* acc, int32_t* box) {
+  for (int64_t l = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; l < rows; l += int64_t(gridDim.x) * blockDim.x)
+    init_stats_row(l, acc, box);
+}
+
 struct Run {
-  int label = 0, k_min = 0, k_max = 0, voxels = 0;
+  int label = 0, k_min = 0, k_max = 0, voxels = 0, nans = 0;
   double sum_k = 0, sum = 0, max = -INFINITY;
 };
 
@@ -36,6 +41,7 @@ __device__ void add_run(const Run& r, int i, int j, bool with_image, double* acc
   if (with_image) {
     atomicAdd(a + 4, r.sum);
     atomic_max_double(a + 5, r.max);
+    if (r.nans) atomicAdd(acc, double(r.nans));  // row 0: NaN count (the caller raises)
   }
   int32_t* b = box + int64_t(r.label) * 6;
   atomicMin(b + 0, i);
@@ -70,6 +76,7 @@ __global__ void stats_kernel(const int32_t* __restrict__ lab, Volume labels, con
       r.sum_k += k;
       if (img_row) {
         const double v = double(img_row[k * image.strides[2]]);
+        r.nans += v != v;
         r.sum += v;
         r.max = fmax(r.max, v);
       }
@@ -88,6 +95,7 @@ void component_stats_cuda(const Volume& labels, const Volume* image, int64_t cou
   require(rows < INT32_MAX && labels.shape[2] < INT32_MAX / 2, "component_stats: too many rows for one launch");
   const int threads = int(std::min<int64_t>(128, (labels.shape[2] + 32 * kRun - 1) / (32 * kRun) * 32));  // warps that cover a row
   const int32_t* lab = static_cast<const int32_t*>(labels.data);
+  init_kernel<<<grid_dim((count + 1 + 127) / 128, 1 << 16), 128, 0, stream>>>(count + 1, acc, box);
   if (!image) {
     stats_kernel<float><<<unsigned(rows), threads, 0, stream>>>(lab, labels, nullptr, labels, int(count), acc, box);
   } else {

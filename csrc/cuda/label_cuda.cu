@@ -245,25 +245,27 @@ constexpr FacingMasks facing_masks() {
 __constant__ FacingMasks kFacing = facing_masks();
 
 template <typename T>
-__global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* parent, uint8_t* occupancy, int* mixed) {
+__global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* parent, int* first, uint8_t* occupancy,
+                                  int* mixed) {
   const int64_t nb = int64_t(g.b0) * g.b1 * g.b2;
   for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
     int bi, bj, bk;
     coords(g.b1, g.b2, b, bi, bj, bk);
     unsigned bits = 0;
-    T first = T(0);
+    T value = T(0);
     bool two_values = false;
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
       if (2 * bi + (q >> 2) >= g.s.n0 || 2 * bj + ((q >> 1) & 1) >= g.s.n1 || 2 * bk + (q & 1) >= g.s.n2) continue;
       const T v = value_at(in, g, bi, bj, bk, q);
       if (v == T(0)) continue;
-      if (bits == 0) first = v;
-      two_values |= v != first;
+      if (bits == 0) value = v;
+      two_values |= v != value;
       bits |= 1u << q;
     }
     occupancy[b] = static_cast<uint8_t>(bits);
     parent[b] = bits ? int(b + 1) : 0;
+    first[b] = INT_MAX;  // above any voxel index, for atomicMin
     if (two_values) *mixed = 1;
   }
 }
@@ -386,10 +388,10 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
     cuda_check(cudaMemsetAsync(mixed, 0, sizeof(int), stream), "label memset");
     dispatch_dtype(src.dtype, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      block_init_kernel<T><<<blocks_for(nb), 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, occupancy, mixed);
+      block_init_kernel<T><<<blocks_for(nb), 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, first,
+                                                               occupancy, mixed);
     });
     if (read_count(mixed, stream) == 0) {  // every block holds one value
-      cuda_check(cudaMemsetAsync(first, 0x7f, nb * sizeof(int), stream), "label memset");  // above any voxel index
       cuda_check(cudaMemsetAsync(starts, 0, flag_blocks * kLabelFlagsPerScanBlock, stream), "label memset");
       dispatch_dtype(src.dtype, [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;

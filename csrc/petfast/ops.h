@@ -2,6 +2,8 @@
 // check arguments and pick one; the CUDA launchers exist only when PETFAST_WITH_CUDA is defined.
 #pragma once
 #include <algorithm>
+#include <climits>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <vector>
@@ -33,9 +35,18 @@ int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const 
 
 // Per-label statistics of int32 labels 1..count: acc is (count + 1) x kStatsColumns float64 rows
 // (voxels, sum i, sum j, sum k, image sum, image max) and box (count + 1) x 6 int32 rows
-// (min i, max i, min j, max j, min k, max k), both initialised by the caller (zeros, -inf for the
-// image max, INT32_MAX / -1 for the box) and accumulated into. image may be null.
+// (min i, max i, min j, max j, min k, max k), filled by the op (the caller allocates them). Row 0
+// belongs to no label: acc[0][0] counts the labelled voxels whose image value is NaN. image may be
+// null.
 constexpr int kStatsColumns = 6;
+PF_HOST_DEVICE inline void init_stats_row(int64_t l, double* acc, int32_t* box) {
+  for (int c = 0; c < 5; ++c) acc[l * kStatsColumns + c] = 0.0;
+  acc[l * kStatsColumns + 5] = -HUGE_VAL;  // image max
+  for (int c = 0; c < 6; c += 2) {
+    box[l * 6 + c] = INT32_MAX;
+    box[l * 6 + c + 1] = -1;
+  }
+}
 void component_stats_cpu(const Volume& labels, const Volume* image, int64_t count, double* acc, int32_t* box);
 
 // Sliding-window tiles. gather: dst (B, C, d, h, w) = src (C, D, H, W) at each origin, `pad` outside

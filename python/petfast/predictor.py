@@ -127,7 +127,11 @@ class Predictor:
             if not cuda_built():
                 raise ValueError("device 'cuda' needs petfast built with its CUDA kernels (nvcc at install time)")
             torch.backends.cudnn.benchmark = True
-        self.networks = [net.to(self.device).eval() for net in networks]
+        # Channels-last (NDHWC): the layout of cuDNN's tensor-core 3-D convolutions (NCDHW would be
+        # converted around each one; bench/gpu/network_ab.py measures both) and the faster one for
+        # oneDNN on the CPU (see train).
+        self.memory_format = torch.channels_last_3d
+        self.networks = [net.to(self.device, memory_format=self.memory_format).eval() for net in networks]
         if not self.networks:
             raise ValueError("a Predictor needs at least one network")
         if not 0 < step <= 1:
@@ -330,6 +334,7 @@ class Predictor:
         """Mean logits over folds and mirrored copies of a batch of tiles (float32)."""
         mirrors = self._mirrors()
         x = torch.cat([torch.flip(tiles, m) if m else tiles for m in mirrors]) if len(mirrors) > 1 else tiles
+        x = x.contiguous(memory_format=self.memory_format)
         dtype = _PRECISIONS[self.precision]
         if dtype is not None:
             precision = torch.autocast(self.device.type, dtype=dtype)

@@ -1,0 +1,43 @@
+"""The sliding-window network stage on the GPU ('default' preset, 30.8 M parameters, a 326x400x400
+case, no mirroring) in both memory layouts and with 8 or 16 tiles per forward: which the Predictor
+should use on this GPU. Best of 2 runs after a warm-up (cuDNN autotuning). Writes JSON to the
+path given.
+
+    python bench/gpu/network_ab.py OUT.json
+"""
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import petfast  # noqa: E402
+from test_bench_predict import WHOLE_BODY, _case, _model  # noqa: E402
+
+
+def main(out):
+    model = _model(Path(tempfile.mkdtemp()) / "model", "default")
+    data = torch.from_numpy(_case(WHOLE_BODY)).cuda()
+    results = {}
+    for name, fmt in (("ncdhw", torch.contiguous_format), ("channels_last", torch.channels_last_3d)):
+        for batch in (8, 16):
+            pred = petfast.Predictor.from_nnunet(model, tta=False, device="cuda", batch_size=batch)
+            pred.memory_format = fmt
+            pred.networks = [net.to(memory_format=fmt) for net in pred.networks]
+            times = []
+            for _ in range(3):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                pred._sliding_window(data, False)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            results[f"{name}, {batch} tiles per forward"] = min(times[1:])
+            print(name, batch, [round(t, 3) for t in times], flush=True)
+    Path(out).write_text(json.dumps({"seconds": results, "gpu": torch.cuda.get_device_name()}, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
