@@ -64,7 +64,8 @@ pytest_stage() {  # name, cap in seconds (0: what is left), pytest arguments...
 # a GPU; here a GPU is visible to it). Each stage has a cap, so that a kernel that never returns
 # costs that stage, not the run.
 want cuda-tests 60 && pytest_stage cuda-tests 150 tests -m cuda --junitxml="$OUT/cuda-tests.xml"
-want other-tests 60 && pytest_stage other-tests 120 tests -m "not cuda" -rfE \
+# 8 workers of 2 threads each: 8 x 16 threads made the training tests overrun (2026-11-28).
+want other-tests 60 && OMP_NUM_THREADS=2 pytest_stage other-tests 150 tests -m "not cuda" -rfE \
   $(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 # Kernel benchmarks (labelling, tiles, resampling) against cupyx / torch / a copy.
 want kernels 60 && pytest_stage kernels 150 bench --full -k "gpu and not predict" --benchmark-max-time=0.5 \

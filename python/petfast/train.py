@@ -238,9 +238,9 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
     n_in, n_out = len(dataset_json["channel_names"]), len(dataset_json["labels"])
     torch.manual_seed(options.seed)
     net = build_network(plans, configuration, n_in, n_out).to(device)
-    # Channels-last, as the Predictor runs it: oneDNN's 3D convolutions are faster so (a CPU training
-    # step: 0.85 s instead of 1.1 s), and it is cuDNN's tensor-core layout.
-    memory_format = torch.channels_last_3d
+    # The Predictor's layouts: oneDNN's 3D convolutions are faster in channels-last (a CPU training
+    # step: 0.85 s instead of 1.1 s), cuDNN's in NCDHW (bench/gpu/network_ab.py).
+    memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     predictor = Predictor([net], plans, dataset_json, configuration, mirror_axes=(), device=device, tta=False)
     if rank == 0:
