@@ -9,8 +9,9 @@
 //   26-connectivity, and two neighbouring blocks join when their facing voxels (a face, an edge or
 //   a corner) hold a voxel each, of equal value: one node per 8 voxels. The components are then
 //   numbered by a scan over one start flag per voxel (the first voxel of each component).
-// * otherwise (6, 18, or blocks holding two values): union-find over voxels, each joining its
-//   backward neighbours; roots are then each component's first voxel, numbered by a scan.
+// * otherwise (6, 18, or blocks holding two values): union-find over voxels, each joining the
+//   backward neighbours that its left neighbour does not already join; roots are then each
+//   component's first voxel, numbered by a scan.
 // Union-find entries hold parent index + 1 (0 = background).
 #include <climits>
 
