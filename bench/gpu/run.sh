@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One-shot GPU check, in priority order inside a time budget (device time is scarce): build with nvcc,
 # the CUDA tests of every kernel (resampling, labelling, component statistics, tiles, the Predictor,
-# training), the rest of the test suite, the kernel benchmarks and per-kernel profile, the whole-body
-# inference benchmarks against nnU-Net. JSON and a logs archive land in $OUT (bench/results/gpu-local here).
+# training), the kernel benchmarks and per-kernel profile, the whole-body inference benchmarks against
+# nnU-Net, the rest of the test suite. JSON and a logs archive land in $OUT (bench/results/gpu-local here).
 #   bash bench/gpu/run.sh                 (a machine with a CUDA GPU, nvcc, torch, pytest-benchmark)
 #   BUDGET=300 STAGES="build cuda-tests kernels" bash bench/gpu/run.sh
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu-local}
 BUDGET=${BUDGET:-480}  # seconds for the whole script; each stage gets what is left
-STAGES=${STAGES:-"build cuda-tests other-tests kernels profile predict"}
+STAGES=${STAGES:-"build cuda-tests kernels profile predict other-tests"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 deadline=$(( $(date +%s) + BUDGET ))
@@ -60,13 +60,9 @@ pytest_stage() {  # name, cap in seconds (0: what is left), pytest arguments...
   note "$name: $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)' "$OUT/$name.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
 }
 
-# Every CUDA test, first: correctness before speed; then the rest of the suite (CI runs it without
-# a GPU; here a GPU is visible to it). Each stage has a cap, so that a kernel that never returns
-# costs that stage, not the run.
+# Every CUDA test, first: correctness before speed. Each stage has a cap, so that a kernel that never
+# returns costs that stage, not the run.
 want cuda-tests 60 && pytest_stage cuda-tests 150 tests -m cuda --junitxml="$OUT/cuda-tests.xml"
-# 8 workers of 2 threads each: 8 x 16 threads made the training tests overrun (2026-11-28).
-want other-tests 60 && OMP_NUM_THREADS=2 pytest_stage other-tests 150 tests -m "not cuda" -rfE \
-  $(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 # Kernel benchmarks (labelling, tiles, resampling) against cupyx / torch / a copy.
 want kernels 60 && pytest_stage kernels 150 bench --full -k "gpu and not predict" --benchmark-max-time=0.5 \
   --benchmark-json="$OUT/bench_kernels.json"
@@ -84,6 +80,10 @@ case ${NNUNET:-1} in
 esac
 want predict 120 && PYTHONPATH=$PYTHONPATH:/tmp/site-nn pytest_stage predict 0 bench/test_bench_predict.py --full \
   -k "$sel" --benchmark-json="$OUT/bench_predict.json"
+# The rest of the suite, with a GPU visible to it (CI runs it without one). 8 workers of 2 threads
+# each: 8 x 16 threads made the training tests overrun (2026-11-28).
+want other-tests 60 && OMP_NUM_THREADS=2 pytest_stage other-tests 150 tests -m "not cuda" -rfE \
+  $(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 
 echo; echo "== summary"; printf '%s\n' "${summary[@]}"
 grep -h -A60 "against peers" "$OUT"/kernels.log "$OUT"/predict.log 2>/dev/null | grep -v "^--$"
