@@ -24,6 +24,8 @@ void gather_tiles(const NdView& src, const NdView& dst, const TileOrigins& o, do
 void accumulate_tiles(const NdView& tiles, const NdView& weight_map, const TileOrigins& o, const NdView& acc,
                       const NdView& weight, uintptr_t stream);
 void finalize_tiles(const NdView& acc, const NdView& labels, uintptr_t stream);
+void instance_norm_act(const NdView& x, const NdView* residual, const NdView& gamma, const NdView& beta,
+                       const NdView& out, double eps, double slope, const NdView* stats, uintptr_t stream);
 
 namespace {
 std::atomic<int> g_threads{int(std::max(1u, std::thread::hardware_concurrency()))};
@@ -41,7 +43,7 @@ NdView to_ndview(const py::tuple& t) {
   NdView v;
   v.data = reinterpret_cast<void*>(t[0].cast<uintptr_t>());
   const int code = t[1].cast<int>();
-  require(code >= 0 && code <= 4, "internal: unknown dtype code");
+  require(code >= 0 && code <= 6, "internal: unknown dtype code");
   v.dtype = static_cast<DType>(code);
   auto shape = t[2].cast<std::vector<int64_t>>();
   auto strides = t[3].cast<std::vector<int64_t>>();
@@ -184,6 +186,19 @@ PYBIND11_MODULE(_C, m) {
         finalize_tiles(a, l, stream);
       },
       py::arg("acc"), py::arg("labels"), py::arg("stream"));
+  m.def(
+      "instance_norm_act",
+      [](py::tuple x, py::object residual, py::tuple gamma, py::tuple beta, py::tuple out, double eps, double slope,
+         py::object stats, uintptr_t stream) {
+        NdView xv = to_ndview(x), g = to_ndview(gamma), b = to_ndview(beta), o = to_ndview(out), r, st;
+        if (!residual.is_none()) r = to_ndview(residual.cast<py::tuple>());
+        if (!stats.is_none()) st = to_ndview(stats.cast<py::tuple>());
+        py::gil_scoped_release release;
+        instance_norm_act(xv, residual.is_none() ? nullptr : &r, g, b, o, eps, slope, stats.is_none() ? nullptr : &st,
+                          stream);
+      },
+      py::arg("x"), py::arg("residual"), py::arg("gamma"), py::arg("beta"), py::arg("out"), py::arg("eps"),
+      py::arg("slope"), py::arg("stats"), py::arg("stream"));
   m.def(
       "convolve_axis",
       [](py::tuple src, py::tuple dst, int axis, std::vector<float> taps, uintptr_t stream) {

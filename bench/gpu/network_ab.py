@@ -1,7 +1,8 @@
 """The sliding-window network stage on the GPU ('default' preset, 30.8 M parameters, a 326x400x400
-case, no mirroring) in both memory layouts and with 8 or 16 tiles per forward: which the Predictor
-should use on this GPU. Best of 2 runs after a warm-up (cuDNN autotuning). Writes JSON to the
-path given.
+case, no mirroring, 8 tiles per forward) in both memory layouts, with torch's norm modules and with
+petfast's fused instance norm kernel: which the Predictor should use on this GPU
+(``Predictor.memory_format``, ``petfast.nnunet.networks.FUSED_DEVICES``). Best of 2 runs after a
+warm-up (cuDNN autotuning). Writes JSON to the path given.
 
     python bench/gpu/network_ab.py OUT.json
 """
@@ -15,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import petfast  # noqa: E402
+from petfast.nnunet import networks  # noqa: E402
 from test_bench_predict import WHOLE_BODY, _case, _model  # noqa: E402
 
 
@@ -23,8 +25,9 @@ def main(out):
     data = torch.from_numpy(_case(WHOLE_BODY)).cuda()
     results = {}
     for name, fmt in (("ncdhw", torch.contiguous_format), ("channels_last", torch.channels_last_3d)):
-        for batch in (8, 16):
-            pred = petfast.Predictor.from_nnunet(model, tta=False, device="cuda", batch_size=batch)
+        for norm, devices in (("torch norm", set()), ("fused norm", {"cuda"})):
+            networks.FUSED_DEVICES = devices
+            pred = petfast.Predictor.from_nnunet(model, tta=False, device="cuda", batch_size=8)
             pred.memory_format = fmt
             pred.networks = [net.to(memory_format=fmt) for net in pred.networks]
             times = []
@@ -34,8 +37,8 @@ def main(out):
                 pred._sliding_window(data, False)
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
-            results[f"{name}, {batch} tiles per forward"] = min(times[1:])
-            print(name, batch, [round(t, 3) for t in times], flush=True)
+            results[f"{name}, {norm}"] = min(times[1:])
+            print(name, norm, [round(t, 3) for t in times], flush=True)
     Path(out).write_text(json.dumps({"seconds": results, "gpu": torch.cuda.get_device_name()}, indent=2))
 
 

@@ -13,7 +13,9 @@
 
 namespace petfast {
 
-enum class DType : int { UInt8 = 0, Int16 = 1, Int32 = 2, Float32 = 3, Float64 = 4 };
+// Float16 and BFloat16 are read only by the network ops (instance_norm_act); the volume ops take
+// codes 0-4.
+enum class DType : int { UInt8 = 0, Int16 = 1, Int32 = 2, Float32 = 3, Float64 = 4, Float16 = 5, BFloat16 = 6 };
 
 inline const char* dtype_name(DType t) {
   switch (t) {
@@ -22,6 +24,8 @@ inline const char* dtype_name(DType t) {
     case DType::Int32: return "int32";
     case DType::Float32: return "float32";
     case DType::Float64: return "float64";
+    case DType::Float16: return "float16";
+    case DType::BFloat16: return "bfloat16";
   }
   return "unknown";
 }

@@ -59,6 +59,17 @@ void accumulate_tiles_cpu(const NdView& tiles, const NdView& weight_map, const T
                           const NdView& weight);
 void finalize_tiles_cpu(const NdView& acc, const NdView& labels);
 
+// Instance normalisation fused with the residual sum and activation that follow it in nnU-Net's
+// networks, for inference: out = act(gamma[c] * (x - mean) / sqrt(var + eps) + beta[c] + residual),
+// act(v) = v >= 0 ? v : slope * v (slope 1: no activation), mean and biased variance of x per
+// (n, c) over the spatial axes. x, residual (may be null) and out are (N, C, S) views, S the
+// flattened spatial axes, in one layout: planar (S stride 1) or channels-last (C stride 1); one
+// dtype, float32, float16 or bfloat16; out may alias x. gamma and beta: float32 (C). Statistics are
+// accumulated in float64 about a per-plane shift (the plane's first value), so that a large mean
+// does not cancel the variance.
+void instance_norm_act_cpu(const NdView& x, const NdView* residual, const NdView& gamma, const NdView& beta,
+                           const NdView& out, double eps, double slope);
+
 #ifndef PETFAST_WITH_CUDA
 // What a CUDA array meets in a build without the CUDA kernels.
 [[noreturn]] inline void no_cuda() {
@@ -103,6 +114,9 @@ void resample_cuda(const Volume& src, const Volume& dst, const ResampleArgs& arg
 void bspline_prefilter_cuda(const Volume& src, const Volume& coef, uintptr_t stream);
 void convolve_axis_cuda(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps,
                         uintptr_t stream);
+// stats: float64 scratch of 4 x N x C entries.
+void instance_norm_act_cuda(const NdView& x, const NdView* residual, const NdView& gamma, const NdView& beta,
+                            const NdView& out, double eps, double slope, const NdView& stats, uintptr_t stream);
 int cuda_device_count();
 #endif
 

@@ -7,11 +7,65 @@ concatenated after the upsampled features; one 1x1x1 segmentation head per decod
 only the last (full resolution) is used at inference (no deep supervision). The aliases are part of
 the tree on purpose: ``all_modules`` re-registers each block's conv/norm/nonlin, and the decoder
 holds the encoder.
+
+At inference (activations that need no gradient, on the devices in ``FUSED_DEVICES``) each
+InstanceNorm runs fused with the residual sum and LeakyReLU after it, in place, by petfast's
+``instance_norm_act`` kernel: two passes over the activations instead of four or five. Training
+runs torch's modules.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .. import _C
+
+# Devices whose inference runs the fused kernel. CUDA joins once bench/gpu/network_ab.py has measured
+# it against torch's modules on hardware (its kernel is tested against the CPU twin there); the
+# benchmarks set this to compare the two.
+FUSED_DEVICES = {"cpu"}
+_CODES = {torch.float32: 3, torch.float16: 5, torch.bfloat16: 6}  # csrc/petfast/array.h DType
+
+
+def _fusable(x: torch.Tensor, norm: nn.Module) -> bool:
+    return (x.device.type in FUSED_DEVICES and not x.requires_grad and x.dtype in _CODES and x.dim() == 5
+            and isinstance(norm, nn.InstanceNorm3d) and norm.affine and not norm.track_running_stats
+            and (x.device.type == "cpu" or _C.cuda_built()))
+
+
+def instance_norm_act(x: torch.Tensor, norm: nn.InstanceNorm3d, slope: float = 1.0,
+                      residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``leaky_relu(norm(x) + residual, slope)`` computed in place in ``x`` (slope 1: no
+    activation), for inference; x (N, C, D, H, W) float32, float16 or bfloat16, contiguous or
+    channels-last. Statistics in float64 (torch: float32), so results agree with torch's modules to
+    the rounding of x's dtype."""
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+    if not (x.is_contiguous() or channels_last):
+        x = x.contiguous()
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    n, c, s = x.shape[0], x.shape[1], x[0, 0].numel()
+    strides = (s * c, 1, c) if channels_last else (c * s, s, 1)
+    device = -1 if x.device.type == "cpu" else x.device.index
+    code = _CODES[x.dtype]
+
+    def view(t):
+        return (t.data_ptr(), code, (n, c, s), strides, device)
+
+    def vector(t):
+        t = t.detach().float().contiguous()
+        return t, (t.data_ptr(), 3, (c,), (1,), device)
+
+    if residual is not None:
+        residual = residual.to(x.dtype).contiguous(memory_format=fmt)
+    (weight, w), (bias, b) = vector(norm.weight), vector(norm.bias)
+    stats = stream = None
+    if device >= 0:
+        stats = torch.empty(4 * n * c, dtype=torch.float64, device=x.device)
+        stats_view = (stats.data_ptr(), 4, (4 * n * c,), (1,), device)
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+    _C.instance_norm_act(view(x), None if residual is None else view(residual), w, b, view(x), float(norm.eps),
+                         float(slope), None if stats is None else stats_view, stream or 0)
+    return x
 
 
 class ConvNormReLU(nn.Module):
@@ -29,7 +83,11 @@ class ConvNormReLU(nn.Module):
         self.all_modules = nn.Sequential(*mods)
 
     def forward(self, x):
-        return self.all_modules(x)
+        x = self.conv(x)
+        if _fusable(x, self.norm):
+            return instance_norm_act(x, self.norm, self.nonlin.negative_slope if hasattr(self, "nonlin") else 1.0)
+        x = self.norm(x)
+        return self.nonlin(x) if hasattr(self, "nonlin") else x
 
 
 class StackedConvBlocks(nn.Module):
@@ -77,7 +135,10 @@ class BasicBlockD(nn.Module):
         self.skip = nn.Sequential(*skip) if skip else (lambda x: x)
 
     def forward(self, x):
-        return self.nonlin2(self.conv2(self.conv1(x)) + self.skip(x))
+        h = self.conv2.conv(self.conv1(x))
+        if _fusable(h, self.conv2.norm):
+            return instance_norm_act(h, self.conv2.norm, self.nonlin2.negative_slope, residual=self.skip(x))
+        return self.nonlin2(self.conv2.norm(h) + self.skip(x))
 
 
 class StackedResidualBlocks(nn.Module):
