@@ -60,12 +60,14 @@ def cpu_setup(full, tmp_path_factory):
     return model, _case(shape)
 
 
-def test_cpu_predict_petfast(benchmark, record, cpu_setup):
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_cpu_predict_petfast(benchmark, record, cpu_setup, precision):
+    """fp32: nnU-Net's CPU precision; auto: what a user gets (bfloat16 on CPUs that have it)."""
     model, img = cpu_setup
-    pred = petfast.Predictor.from_nnunet(model, tta=False, device="cpu")
+    pred = petfast.Predictor.from_nnunet(model, tta=False, device="cpu", precision=precision)
     benchmark.group = "predict-cpu"
     benchmark.pedantic(pred.predict, (img.transpose(0, 3, 2, 1),), {"spacing": AUTOPET_SPACING[::-1]}, rounds=3)
-    record(benchmark.group, "petfast")
+    record(benchmark.group, f"petfast {precision}" + (f" ({pred.precision})" if precision == "auto" else ""))
 
 
 def test_cpu_predict_nnunet(benchmark, record, cpu_setup):

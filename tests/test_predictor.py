@@ -69,7 +69,8 @@ def nnunet_predict(model_dir, img_zyx, spacing_zyx, folds, tta, float32_accumula
 
 
 def petfast_predict(model_dir, img_zyx, spacing_zyx, folds, tta, **kw):
-    pred = petfast.Predictor.from_nnunet(model_dir, folds=folds, tta=tta, device="cpu", **kw)
+    # float32 as nnU-Net on the CPU ('auto' is bfloat16 on CPUs with native bfloat16)
+    pred = petfast.Predictor.from_nnunet(model_dir, folds=folds, tta=tta, device="cpu", precision="fp32", **kw)
     mask, prob = pred.predict(img_zyx.transpose(0, 3, 2, 1), spacing=spacing_zyx[::-1], probabilities=True)
     return mask.transpose(2, 1, 0), prob.transpose(0, 3, 2, 1)
 
@@ -180,15 +181,31 @@ def test_torch_and_channel_list_inputs(model_dir):
 
 def test_step_and_batch_size_do_not_change_the_result(model_dir):
     img = make_case(7).transpose(0, 3, 2, 1)
-    a = petfast.Predictor.from_nnunet(model_dir, tta=True, batch_size=1, device="cpu").predict(img, spacing=(2, 2, 3))
-    b = petfast.Predictor.from_nnunet(model_dir, tta=True, batch_size=16, device="cpu").predict(img, spacing=(2, 2, 3))
+    a = petfast.Predictor.from_nnunet(model_dir, tta=True, batch_size=1, device="cpu", precision="fp32").predict(
+        img, spacing=(2, 2, 3))
+    b = petfast.Predictor.from_nnunet(model_dir, tta=True, batch_size=16, device="cpu", precision="fp32").predict(
+        img, spacing=(2, 2, 3))
     assert np.mean(a == b) > 0.9999
+
+
+def test_cpu_precision(model_dir, monkeypatch):
+    # 'auto' on the CPU: bfloat16 where the CPU has it natively, else float32 (nnU-Net's CPU path).
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr("petfast.predictor.native_bf16_cpu", lambda: native)
+        assert petfast.Predictor.from_nnunet(model_dir, device="cpu").precision == expected
+    img = make_case(9).transpose(0, 3, 2, 1)
+    m32, p32 = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu", precision="fp32").predict(
+        img, spacing=(2, 2, 3), probabilities=True)
+    m16, p16 = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu", precision="bf16").predict(
+        img, spacing=(2, 2, 3), probabilities=True)
+    # bfloat16 keeps 8 bits of mantissa: probabilities move by about 1e-2, masks by a few voxels.
+    assert p16.dtype == np.float32 and np.abs(p16 - p32).max() < 0.05 and np.mean(m16 == m32) > 0.99
 
 
 @pytest.mark.cuda
 def test_cuda_matches_cpu(model_dir):
     img = make_case(8, (60, 70, 64)).transpose(0, 3, 2, 1)
-    cpu = petfast.Predictor.from_nnunet(model_dir, folds=(0, 1), device="cpu")
+    cpu = petfast.Predictor.from_nnunet(model_dir, folds=(0, 1), device="cpu", precision="fp32")
     gpu = petfast.Predictor.from_nnunet(model_dir, folds=(0, 1), device="cuda", precision="fp32")
     for spacing in ((2.0, 2.0, 3.0), (1.7, 2.4, 2.5)):
         m_cpu, p_cpu = cpu.predict(img, spacing=spacing, probabilities=True)
@@ -248,7 +265,10 @@ def test_predict_files_autopet_studies(tmp_path):
     io.save(study / "CT.nii.gz", st.ct, st.ct_affine)  # raw CT on its own grid
     pred = petfast.Predictor.from_nnunet(model, tta=False, device="cpu")
     pred.predict_files(tmp_path / "studies", tmp_path / "out", lesions="json", progress=False)
-    ctres = petfast.resample_ct_to_pet(st.ct, st.ct_affine, pet.shape, pet_affine, order=3)
+    # The grids as the files hold them (NIfTI stores affines in float32), so that the inputs are
+    # bit-identical: a low-precision network ('auto' on some CPUs) would amplify a difference of 1e-7.
+    pet_affine, ct_affine = io.load(study / "SUV.nii.gz").affine, io.load(study / "CT.nii.gz").affine
+    ctres = petfast.resample_ct_to_pet(st.ct, ct_affine, pet.shape, pet_affine, order=3)
     expected = pred.predict([ctres, pet], pet_affine)
     np.testing.assert_array_equal(io.load(tmp_path / "out" / "patient1.nii.gz").data, expected)
     table = json.loads((tmp_path / "out" / "patient1_lesions.json").read_text())

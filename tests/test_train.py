@@ -73,7 +73,8 @@ def test_training_lowers_the_loss_and_writes_a_model_nnunet_loads(dataset, tmp_p
     st = ds.load(ds.fold(0)[1][0])
     img = np.stack([st.ct, st.pet]).astype(np.float32).transpose(0, 3, 2, 1)
     seg = p.predict_single_npy_array(img, {"spacing": list(st.spacing[::-1])}, None, None, False)
-    ours = petfast.Predictor.from_nnunet(out, tta=False, device="cpu").predict([st.ct, st.pet], st.affine)
+    ours = petfast.Predictor.from_nnunet(out, tta=False, device="cpu", precision="fp32").predict([st.ct, st.pet],
+                                                                                                  st.affine)
     assert np.mean(seg.transpose(2, 1, 0) == ours) > 0.999
 
 
@@ -236,7 +237,8 @@ def test_training_on_cuda(dataset, tmp_path):
     assert len(ckpt["logging"]["mean_fg_dice"]) == 1
     ds = petfast.data.Dataset(dataset)
     st = ds.load(ds.fold(0)[1][0])
-    cpu = petfast.Predictor.from_nnunet(out, tta=False, device="cpu").predict([st.ct, st.pet], st.affine)
+    cpu = petfast.Predictor.from_nnunet(out, tta=False, device="cpu", precision="fp32").predict([st.ct, st.pet],
+                                                                                                 st.affine)
     gpu = petfast.Predictor.from_nnunet(out, tta=False, device="cuda", precision="fp32").predict(
         [torch.from_numpy(np.asarray(st.ct)).cuda(), torch.from_numpy(np.asarray(st.pet)).cuda()], st.affine)
     assert np.mean(gpu.cpu().numpy() == cpu) > 0.999

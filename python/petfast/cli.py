@@ -106,7 +106,7 @@ def _demo(args) -> int:
     tm = predictor.timings
     print(f"3. lesions segmented in {time.perf_counter() - t0:.1f} s (preprocess {tm['preprocess']:.1f} s, network "
           f"{tm['network']:.1f} s, export {tm['export']:.1f} s; patch {'x'.join(map(str, predictor.patch_size))}, "
-          f"no mirroring)")
+          f"{predictor.precision}, no mirroring)")
     t0 = time.perf_counter()
     spacing = tuple(float(s) for s in np.linalg.norm(st.pet_affine[:3, :3], axis=0))
     table = quant.lesions(st.pet, pred, spacing)
@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tile step as a fraction of the patch (default 0.5, nnU-Net's; 1 = no overlap, fastest)")
     s.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu")
     s.add_argument("--precision", choices=("auto", "fp16", "bf16", "fp32"), default="auto",
-                   help="network precision (default auto: fp16 autocast on CUDA as nnU-Net, fp32 on the CPU)")
+                   help="network precision (default auto: fp16 autocast on CUDA as nnU-Net; on the CPU bf16 where "
+                        "it has AMX or AVX512-BF16, else fp32; fp32 is nnU-Net's CPU path)")
     s.add_argument("--batch-size", type=int, default=None,
                    help="network passes per forward call, mirrored copies included (default 8 on CUDA, 2 on CPU)")
     s.add_argument("--lesions", choices=("csv", "json"), help="also write each case's lesion table")

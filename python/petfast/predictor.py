@@ -21,6 +21,7 @@ Region-based models (sigmoid outputs) and cascades are not supported.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import itertools
 import time
 import warnings
@@ -46,6 +47,21 @@ def _default_device() -> torch.device:
     from . import cuda_available
 
     return torch.device("cuda" if torch.cuda.is_available() and cuda_available() else "cpu")
+
+
+@functools.lru_cache(maxsize=1)
+def native_bf16_cpu() -> bool:
+    """True when this CPU has bfloat16 instructions (AMX-BF16 or AVX512-BF16, from /proc/cpuinfo's
+    flags), where oneDNN's bfloat16 convolutions beat float32; elsewhere they are emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def _load_weights(net: torch.nn.Module, weights: dict, source: str) -> None:
@@ -86,8 +102,10 @@ class Predictor:
     GPU are there, else 'cpu'); ``step`` (tile overlap: 0.5 = nnU-Net's default, larger is faster);
     ``tta`` (mirroring test-time augmentation over the checkpoint's axes, nnU-Net's default: 8x the
     work for 3 axes); ``batch_size`` (network passes per forward call, mirrored copies included;
-    default 8 on CUDA, 2 on the CPU); ``precision`` ('auto' = float16 autocast on CUDA as nnU-Net,
-    float32 on the CPU; or 'fp16', 'bf16', 'fp32', which on CUDA also turns off TF32 convolutions);
+    default 8 on CUDA, 2 on the CPU); ``precision`` ('auto' = float16 autocast on CUDA as nnU-Net;
+    on the CPU bfloat16 autocast where the CPU computes bfloat16 natively (AMX or AVX512-BF16:
+    about 1.5x faster, masks within a few voxels of float32), float32 elsewhere; or 'fp16',
+    'bf16', 'fp32', which on CUDA also turns off TF32 convolutions; 'fp32' is nnU-Net's CPU path);
     ``progress`` (a bar per case).
     """
 
@@ -142,7 +160,7 @@ class Predictor:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if precision == "auto":
-            precision = "fp16" if self.device.type == "cuda" else "fp32"
+            precision = "fp16" if self.device.type == "cuda" else ("bf16" if native_bf16_cpu() else "fp32")
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be 'auto', 'fp16', 'bf16' or 'fp32', got {precision!r}")
         self.precision = precision
