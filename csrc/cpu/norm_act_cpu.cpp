@@ -13,31 +13,79 @@
 namespace petfast {
 namespace {
 
-// float partial sums move into float64 every kFlush values (planar) or kFlushRows rows (channels
-// last), so that long planes lose no precision and the inner loops stay float (vectorised).
-constexpr int64_t kFlush = 1024, kFlushRows = 64;
+// Both layouts are walked as contiguous runs of values whose channel repeats with a period: one
+// channel (planar) or C channels (channels-last). Per-channel coefficients are laid out as a
+// pattern of P values (P >= 64, a multiple of the period) that the inner loops walk in step with
+// the data, so that every loop is long and contiguous and vectorises, even for 8 channels.
+constexpr int64_t kMinPattern = 64;
+constexpr int64_t kFlushChunks = 64;  // float partial sums move into float64 every 64 values per lane
+
+int64_t pattern_length(int64_t period) { return period * ((kMinPattern + period - 1) / period); }
 
 // y >= 0 ? y : slope * y without a branch (NaN, infinities and -0 come out the same), so that
 // the loops below vectorise.
 inline float leaky(float y, float slope) { return std::max(y, 0.f) + slope * std::min(y, 0.f); }
 
-// out[i] = act(((x[i] - origin) - mean) * scale + beta [+ r[i]]) over a contiguous run of n values:
-// one channel (kPerChannel false: origin, mean, scale, beta are scalars) or one position's channels
-// (true: arrays). Subtracting the plane's origin first is exact for values near it, so a large mean
-// loses nothing to float rounding. out may be x: each value is read before it is written, which
-// ivdep tells the vectoriser.
-template <typename T, bool kPerChannel>
-void apply_run(const T* x, const T* r, T* out, int64_t n, const float* origin, const float* mean, const float* scale,
-               const float* beta, float slope) {
-  auto at = [](const float* v, int64_t i) { return kPerChannel ? v[i] : v[0]; };
-  auto value = [&](int64_t i) { return ((to_float(x[i]) - at(origin, i)) - at(mean, i)) * at(scale, i) + at(beta, i); };
-  if (r) {
-#pragma GCC ivdep
-    for (int64_t i = 0; i < n; ++i) out[i] = from_float<T>(leaky(value(i) + to_float(r[i]), slope));
-  } else {
-#pragma GCC ivdep
-    for (int64_t i = 0; i < n; ++i) out[i] = from_float<T>(leaky(value(i), slope));
+// da[j] += (v - o[j]) and db[j] += (v - o[j])^2 over a run of n values, position j of the pattern.
+// The two hot loops have AVX2 and AVX-512 clones (parallel.h): about 2x for float32, more for bfloat16.
+template <typename T>
+PF_VECTOR_CLONES void sum_run(const T* __restrict v, int64_t n, const float* __restrict o, int64_t P, double* __restrict da,
+             double* __restrict db) {
+  std::vector<float> fa(P), fb(P);
+  for (int64_t i = 0; i < n;) {
+    std::fill(fa.begin(), fa.end(), 0.f);
+    std::fill(fb.begin(), fb.end(), 0.f);
+    const int64_t stop = std::min(n, i + P * kFlushChunks);
+    float* __restrict a = fa.data();
+    float* __restrict b = fb.data();
+    for (; i + P <= stop; i += P)
+      for (int64_t j = 0; j < P; ++j) {
+        const float d = to_float(v[i + j]) - o[j];
+        a[j] += d;
+        b[j] += d * d;
+      }
+    for (int64_t j = 0; i < stop; ++i, ++j) {  // the last, partial pattern
+      const float d = to_float(v[i]) - o[j];
+      a[j] += d;
+      b[j] += d * d;
+    }
+    for (int64_t j = 0; j < P; ++j) {
+      da[j] += a[j];
+      db[j] += b[j];
+    }
   }
+}
+
+// out[i] = act(((x[i] - origin) - mean) * scale + beta [+ r[i]]) over a run of n values, the
+// coefficients as patterns. Subtracting the plane's origin first is exact for values near it, so a
+// large mean loses nothing to float rounding. out may be x: each value is read before it is
+// written, which ivdep tells the vectoriser.
+struct Coefficients {
+  std::vector<float> origin, mean, scale, beta;
+  explicit Coefficients(int64_t P) : origin(P), mean(P), scale(P), beta(P) {}
+};
+
+template <typename T>
+PF_VECTOR_CLONES void apply_run(const T* x, const T* r, T* out, int64_t n, const Coefficients& k, int64_t P, float slope) {
+  const float *o = k.origin.data(), *m = k.mean.data(), *sc = k.scale.data(), *b = k.beta.data();
+  auto one = [&](int64_t i, int64_t j) {
+    float y = ((to_float(x[i]) - o[j]) - m[j]) * sc[j] + b[j];
+    if (r) y += to_float(r[i]);
+    out[i] = from_float<T>(leaky(y, slope));
+  };
+  int64_t i = 0;
+  if (r) {
+    for (; i + P <= n; i += P)
+#pragma GCC ivdep
+      for (int64_t j = 0; j < P; ++j)
+        out[i + j] = from_float<T>(leaky(((to_float(x[i + j]) - o[j]) - m[j]) * sc[j] + b[j] + to_float(r[i + j]), slope));
+  } else {
+    for (; i + P <= n; i += P)
+#pragma GCC ivdep
+      for (int64_t j = 0; j < P; ++j)
+        out[i + j] = from_float<T>(leaky(((to_float(x[i + j]) - o[j]) - m[j]) * sc[j] + b[j], slope));
+  }
+  for (int64_t j = 0; i < n; ++i, ++j) one(i, j);
 }
 
 template <typename T>
@@ -47,61 +95,39 @@ void norm_act_typed(const NdView& xv, const NdView* rv, const float* gamma, cons
   const T* r = rv ? static_cast<const T*>(rv->data) : nullptr;
   T* out = static_cast<T*>(ov.data);
   const int64_t N = xv.shape[0], C = xv.shape[1], S = xv.shape[2];
-  const int64_t sN = xv.strides[0], sC = xv.strides[1], sS = xv.strides[2];
-  const bool planar = sS == 1;
+  const int64_t sN = xv.strides[0], sC = xv.strides[1];
+  const bool planar = xv.strides[2] == 1;
+  const int64_t P = pattern_length(planar ? 1 : C);
   const int64_t runs = std::clamp<int64_t>(S / 4096, 1, 64);  // runs of spatial positions per sample
+  // Work item i: sample i / runs, positions [s0, s1) of it, every channel.
+  auto span = [&](int64_t i, int64_t& n, int64_t& s0, int64_t& s1) {
+    n = i / runs;
+    s0 = S * (i % runs) / runs;
+    s1 = S * (i % runs + 1) / runs;
+  };
 
   std::vector<float> origin(N * C);  // each plane's first value: the shift the sums are taken about
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) origin[n * C + c] = to_float(x[n * sN + c * sC]);
 
-  std::vector<double> part(N * runs * C * 2, 0.0);
+  std::vector<double> part(N * runs * C * 2, 0.0);  // per work item and channel: sum, sum of squares
   parallel_for(N * runs, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> fa(C), fb(C);
+    std::vector<float> o(P);
+    std::vector<double> da(P), db(P);
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t n = i / runs, k = i % runs, s0 = S * k / runs, s1 = S * (k + 1) / runs;
+      int64_t n, s0, s1;
+      span(i, n, s0, s1);
       double* p = &part[i * C * 2];
-      const float* o = &origin[n * C];
-      if (planar) {
-        for (int64_t c = 0; c < C; ++c) {
-          const T* v = x + n * sN + c * sC;
-          for (int64_t f0 = s0; f0 < s1; f0 += kFlush) {
-            const int64_t f1 = std::min(s1, f0 + kFlush);
-            float la[8] = {}, lb[8] = {};  // independent lanes: the compiler vectorises them
-            int64_t s = f0;
-            for (; s + 8 <= f1; s += 8)
-              for (int l = 0; l < 8; ++l) {
-                const float d = to_float(v[s + l]) - o[c];
-                la[l] += d;
-                lb[l] += d * d;
-              }
-            for (; s < f1; ++s) {
-              const float d = to_float(v[s]) - o[c];
-              la[0] += d;
-              lb[0] += d * d;
-            }
-            for (int l = 0; l < 8; ++l) {
-              p[2 * c] += la[l];
-              p[2 * c + 1] += lb[l];
-            }
-          }
-        }
-      } else {
-        for (int64_t f0 = s0; f0 < s1; f0 += kFlushRows) {
-          std::fill(fa.begin(), fa.end(), 0.f);
-          std::fill(fb.begin(), fb.end(), 0.f);
-          for (int64_t s = f0; s < std::min(s1, f0 + kFlushRows); ++s) {
-            const T* row = x + n * sN + s * sS;
-            for (int64_t c = 0; c < C; ++c) {
-              const float d = to_float(row[c]) - o[c];
-              fa[c] += d;
-              fb[c] += d * d;
-            }
-          }
-          for (int64_t c = 0; c < C; ++c) {
-            p[2 * c] += fa[c];
-            p[2 * c + 1] += fb[c];
-          }
+      for (int64_t c = 0; c < (planar ? C : 1); ++c) {  // planar: one run per channel; channels-last: one run
+        for (int64_t j = 0; j < P; ++j) o[j] = origin[n * C + (planar ? c : j % C)];
+        std::fill(da.begin(), da.end(), 0.0);
+        std::fill(db.begin(), db.end(), 0.0);
+        if (planar) sum_run(x + n * sN + c * sC + s0, s1 - s0, o.data(), P, da.data(), db.data());
+        else sum_run(x + n * sN + s0 * C, (s1 - s0) * C, o.data(), P, da.data(), db.data());
+        for (int64_t j = 0; j < P; ++j) {
+          const int64_t ch = planar ? c : j % C;
+          p[2 * ch] += da[j];
+          p[2 * ch + 1] += db[j];
         }
       }
     }
@@ -122,20 +148,20 @@ void norm_act_typed(const NdView& xv, const NdView* rv, const float* gamma, cons
     }
 
   parallel_for(N * runs, 1, [&](int64_t i0, int64_t i1) {
+    Coefficients k(P);
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t n = i / runs, k = i % runs, s0 = S * k / runs, s1 = S * (k + 1) / runs;
-      if (planar) {
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t at = n * sN + c * sC + s0;
-          apply_run<T, false>(x + at, r ? r + at : nullptr, out + at, s1 - s0, &origin[n * C + c], &mean[n * C + c],
-                              &scale[n * C + c], beta + c, slope);
+      int64_t n, s0, s1;
+      span(i, n, s0, s1);
+      for (int64_t c = 0; c < (planar ? C : 1); ++c) {
+        for (int64_t j = 0; j < P; ++j) {
+          const int64_t pc = n * C + (planar ? c : j % C);
+          k.origin[j] = origin[pc];
+          k.mean[j] = mean[pc];
+          k.scale[j] = scale[pc];
+          k.beta[j] = beta[pc - n * C];
         }
-      } else {
-        for (int64_t s = s0; s < s1; ++s) {
-          const int64_t at = n * sN + s * sS;
-          apply_run<T, true>(x + at, r ? r + at : nullptr, out + at, C, &origin[n * C], &mean[n * C], &scale[n * C], beta,
-                             slope);
-        }
+        const int64_t at = planar ? n * sN + c * sC + s0 : n * sN + s0 * C;
+        apply_run<T>(x + at, r ? r + at : nullptr, out + at, planar ? s1 - s0 : (s1 - s0) * C, k, P, slope);
       }
     }
   });
