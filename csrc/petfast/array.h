@@ -83,6 +83,7 @@ inline void dispatch_dtype(DType t, F&& f) {
     case DType::Int32: f(static_cast<int32_t*>(nullptr)); return;
     case DType::Float32: f(static_cast<float*>(nullptr)); return;
     case DType::Float64: f(static_cast<double*>(nullptr)); return;
+    default: break;  // float16 and bfloat16: only the network ops (dispatch_float_dtype)
   }
   throw std::invalid_argument("unsupported dtype code " + std::to_string(static_cast<int>(t)));
 }
