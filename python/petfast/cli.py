@@ -397,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # torch's OpenMP threads spin for a while after each operator; petfast's kernels, running between
+    # torch's, then share the cores with them. Sleeping threads make CPU inference about 20 % faster
+    # (demo network 6.5 -> 5.1 s on 2 cores) and leave training unchanged. Must precede torch's import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
