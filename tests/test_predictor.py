@@ -72,6 +72,10 @@ def petfast_predict(model_dir, img_zyx, spacing_zyx, folds, tta, **kw):
     # float32 as nnU-Net on the CPU ('auto' is bfloat16 on CPUs with native bfloat16)
     pred = petfast.Predictor.from_nnunet(model_dir, folds=folds, tta=tta, device="cpu", precision="fp32", **kw)
     mask, prob = pred.predict(img_zyx.transpose(0, 3, 2, 1), spacing=spacing_zyx[::-1], probabilities=True)
+    # Without probabilities two classes resize one difference map instead of both logits: same mask
+    # (but for exact ties).
+    alone = pred.predict(img_zyx.transpose(0, 3, 2, 1), spacing=spacing_zyx[::-1])
+    assert np.mean(alone == mask) > 0.9999
     return mask.transpose(2, 1, 0), prob.transpose(0, 3, 2, 1)
 
 

@@ -253,9 +253,15 @@ class Predictor:
             timer.lap("network")
             if need_logits:
                 seg, logits = result
-                logits = pre.resize_logits(logits, shape_cropped, pre.separate_axis(self.spacing, sp))
-                if target != shape_cropped:
-                    seg = finalize(logits)
+                axis = pre.separate_axis(self.spacing, sp)
+                if not probabilities and logits.shape[0] == 2:
+                    # Resizing is linear, so the argmax of two resized logits is the sign of the resized
+                    # difference (ties to background either way): one channel to resize instead of two.
+                    seg = finalize(pre.resize_logits(logits[1:] - logits[:1], shape_cropped, axis))
+                else:
+                    logits = pre.resize_logits(logits, shape_cropped, axis)
+                    if target != shape_cropped:
+                        seg = finalize(logits)
             else:
                 seg = result
             full = torch.zeros(shape_before, dtype=torch.uint8, device=seg.device)
