@@ -35,10 +35,11 @@ def _fusable(x: torch.Tensor, norm: nn.Module) -> bool:
 
 def instance_norm_act(x: torch.Tensor, norm: nn.InstanceNorm3d, slope: float = 1.0,
                       residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``leaky_relu(norm(x) + residual, slope)`` computed in place in ``x`` (slope 1: no
-    activation), for inference; x (N, C, D, H, W) float32, float16 or bfloat16, contiguous or
-    channels-last. Statistics in float64 (torch: float32), so results agree with torch's modules to
-    the rounding of x's dtype."""
+    """``leaky_relu(norm(x) + residual, slope)`` for inference (slope 1: no activation), written
+    over ``x`` when it is contiguous or channels-last (else over a contiguous copy) and returned;
+    x (N, C, D, H, W) float32, float16 or bfloat16, the residual converted to x's dtype and layout.
+    Statistics in float64 (torch: float32), so results agree with torch's modules to the rounding of
+    x's dtype. The weight and bias tensors below stay referenced until the kernel returns."""
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
     if not (x.is_contiguous() or channels_last):
         x = x.contiguous()
