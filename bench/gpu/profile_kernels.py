@@ -1,5 +1,6 @@
 """Per-kernel GPU times (torch.profiler) of petfast's labelling on the GPU label benchmark's cases,
-of component statistics, and of the tile kernels: which phase to work on next. Writes a text
+of component statistics, of the tile kernels, and of the fused instance norm against torch's norm
+modules (float16, both layouts): which phase to work on next. Writes a text
 report to the path given (bench/gpu/run.sh: $OUT/profile.txt).
 
     python bench/gpu/profile_kernels.py OUT.txt
@@ -13,6 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import petfast  # noqa: E402
 from petfast import patches  # noqa: E402
+from petfast.nnunet.networks import instance_norm_act  # noqa: E402
 from test_bench_components import GPU_CASES, base_cases, ccl_cases  # noqa: E402
 
 
@@ -50,6 +52,15 @@ def main(out):
     parts.append(report("gather 8 tiles", lambda: patches.gather_tiles(v, origins, patch)))
     parts.append(report("accumulate 8 tiles", lambda: patches.accumulate_tiles(acc, weight, tiles, origins, g)))
     parts.append(report("finalize", lambda: patches.finalize(acc)))
+    del v, tiles, acc, weight
+    norm = torch.nn.InstanceNorm3d(32, affine=True).cuda()
+    act = torch.nn.LeakyReLU(inplace=True)
+    h = torch.randn(8, 32, 128, 128, 128, device="cuda", dtype=torch.float16)
+    for name, fmt in (("NCDHW", torch.contiguous_format), ("channels-last", torch.channels_last_3d)):
+        y = h.contiguous(memory_format=fmt)
+        with torch.inference_mode():
+            parts.append(report(f"fused norm + act {name}, 8x32x128^3 fp16", lambda: instance_norm_act(y, norm, 0.01)))
+            parts.append(report(f"torch InstanceNorm3d + LeakyReLU {name}", lambda: act(norm(y))))
     text = "\n\n".join(parts)
     Path(out).write_text(text + "\n")
     print(text)
