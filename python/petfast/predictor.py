@@ -333,9 +333,9 @@ class Predictor:
         full = torch.empty((len(channels), *shape), dtype=torch.float32, device=self.device)
         for c, ch in enumerate(channels):
             x = ch.to(self.device, non_blocking=True).permute(2, 1, 0).permute(*t)  # (i,j,k) -> (z,y,x) -> plans' order
-            if x.dtype.is_floating_point and bool(torch.isnan(x).any()):
-                raise ValueError(f"channel {c} ({self.channel_names[c]}) contains NaN values")
             full[c].copy_(x)
+            if x.dtype.is_floating_point and bool(torch.isnan(full[c]).any()):  # contiguous here: faster
+                raise ValueError(f"channel {c} ({self.channel_names[c]}) contains NaN values")
         sp = tuple(sp_ijk[::-1][a] for a in t)
         box = pre.nonzero_bbox(full)
         data = full if all(b.stop - b.start == n for b, n in zip(box, shape)) else full[(slice(None),) + box].contiguous()

@@ -39,15 +39,18 @@ SCHEMES = ("CTNormalization", "ZScoreNormalization", "NoNormalization", "Rescale
 
 
 def nonzero_bbox(data: torch.Tensor) -> tuple[slice, ...]:
-    """Half-open bounding box (one slice per spatial axis) of the voxels nonzero in any channel."""
-    mask = (data != 0).any(0)
+    """Half-open bounding box (one slice per spatial axis) of the voxels nonzero in any channel of
+    ``data`` (C, z, y, x); the whole extent when every voxel is zero."""
+    mask = data[0] != 0
+    for c in range(1, data.shape[0]):
+        mask |= data[c] != 0
+    zy = mask.any(2)  # two passes over the mask give all three projections
     box = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = torch.nonzero(mask.any(others) if others else mask).flatten()
-        if hit.numel() == 0:
+    for hit in (zy.any(1), zy.any(0), mask.any((0, 1))):
+        idx = torch.nonzero(hit).flatten()
+        if idx.numel() == 0:
             return tuple(slice(0, n) for n in mask.shape)
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
     return tuple(box)
 
 
