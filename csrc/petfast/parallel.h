@@ -10,8 +10,9 @@
 #include <vector>
 
 // Hot loops that vectorise are compiled for AVX2 and AVX-512 as well and picked at load time by the
-// CPU (the wheel's baseline is SSE2). GCC on x86-64 only; elsewhere the baseline build.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// CPU (the wheel's baseline is SSE2). GCC on x86-64 with glibc only (the clones dispatch through
+// ifunc, which musl lacks); elsewhere the baseline build.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
 #define PF_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PF_VECTOR_CLONES
