@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import _arrays, _C
 from ..components import label
-from ..resample import resample
 
 ANISO_THRESHOLD = 3.0  # nnU-Net's configuration.ANISO_THRESHOLD
 _PAD = 12  # scipy pads this much before its spline prefilter in mode 'nearest'
@@ -140,8 +140,12 @@ def resize_image(data: torch.Tensor, shape, axis: int | None = None) -> torch.Te
         m[a, 3] = 0.5 * n_in / n_out - 0.5 + _PAD
     for c in range(data.shape[0]):
         x = data[c]
-        padded = F.pad(x[None, None], (_PAD,) * 6, mode="replicate")[0, 0]
-        out[c] = resample(padded, np.eye(4), inplane, m, order=3)
+        # The padded copy is this function's own: it becomes its spline coefficients in place (no
+        # second volume-sized buffer), and the kernel samples them into out[c] directly.
+        coef = _arrays.adapt(F.pad(x[None, None], (_PAD,) * 6, mode="replicate")[0, 0], "padded")
+        dst = _arrays.adapt(out[c], "out")
+        _C.bspline_prefilter(coef.spec(), coef.spec(), coef.stream())
+        _C.resample(coef.spec(), dst.spec(), m[:3].ravel().tolist(), 3, 0.0, coef.stream())
         if axis is None:
             lo, hi = torch.aminmax(x)
             out[c].clamp_(lo, hi)
