@@ -26,28 +26,25 @@ int64_t pattern_length(int64_t period) { return period * ((kMinPattern + period 
 // the loops below vectorise.
 inline float leaky(float y, float slope) { return std::max(y, 0.f) + slope * std::min(y, 0.f); }
 
-// da[j] += (v - o[j]) and db[j] += (v - o[j])^2 over a run of n values, position j of the pattern.
-// The two hot loops have AVX2 and AVX-512 clones (parallel.h): about 2x for float32, more for bfloat16.
+// da[j] += (v - o[j]) and db[j] += (v - o[j])^2 over a run of n values, position j of the pattern
+// (the last pattern may be partial). The two hot loops have AVX2 and AVX-512 clones (parallel.h):
+// about 2x for float32, more for bfloat16.
 template <typename T>
-PF_VECTOR_CLONES void sum_run(const T* __restrict v, int64_t n, const float* __restrict o, int64_t P, double* __restrict da,
-             double* __restrict db) {
+PF_VECTOR_CLONES void sum_run(const T* __restrict v, int64_t n, const float* __restrict o, int64_t P,
+                              double* __restrict da, double* __restrict db) {
   std::vector<float> fa(P), fb(P);
   for (int64_t i = 0; i < n;) {
     std::fill(fa.begin(), fa.end(), 0.f);
     std::fill(fb.begin(), fb.end(), 0.f);
-    const int64_t stop = std::min(n, i + P * kFlushChunks);
     float* __restrict a = fa.data();
     float* __restrict b = fb.data();
-    for (; i + P <= stop; i += P)
-      for (int64_t j = 0; j < P; ++j) {
+    for (const int64_t stop = std::min(n, i + P * kFlushChunks); i < stop; i += P) {
+      const int64_t len = std::min(P, stop - i);
+      for (int64_t j = 0; j < len; ++j) {
         const float d = to_float(v[i + j]) - o[j];
         a[j] += d;
         b[j] += d * d;
       }
-    for (int64_t j = 0; i < stop; ++i, ++j) {  // the last, partial pattern
-      const float d = to_float(v[i]) - o[j];
-      a[j] += d;
-      b[j] += d * d;
     }
     for (int64_t j = 0; j < P; ++j) {
       da[j] += a[j];
@@ -56,36 +53,29 @@ PF_VECTOR_CLONES void sum_run(const T* __restrict v, int64_t n, const float* __r
   }
 }
 
-// out[i] = act(((x[i] - origin) - mean) * scale + beta [+ r[i]]) over a run of n values, the
-// coefficients as patterns. Subtracting the plane's origin first is exact for values near it, so a
-// large mean loses nothing to float rounding. out may be x: each value is read before it is
-// written, which ivdep tells the vectoriser.
+// Per-channel coefficients laid out as patterns (see above).
 struct Coefficients {
   std::vector<float> origin, mean, scale, beta;
   explicit Coefficients(int64_t P) : origin(P), mean(P), scale(P), beta(P) {}
 };
 
-template <typename T>
-PF_VECTOR_CLONES void apply_run(const T* x, const T* r, T* out, int64_t n, const Coefficients& k, int64_t P, float slope) {
+// out[i] = act(((x[i] - origin) - mean) * scale + beta [+ r[i]]) over a run of n values.
+// Subtracting the plane's origin first is exact for values near it, so a large mean loses nothing
+// to float rounding. out may be x: each value is read before it is written, which ivdep tells the
+// vectoriser.
+template <typename T, bool kResidual>
+PF_VECTOR_CLONES void apply_run(const T* x, const T* r, T* out, int64_t n, const Coefficients& k, int64_t P,
+                                float slope) {
   const float *o = k.origin.data(), *m = k.mean.data(), *sc = k.scale.data(), *b = k.beta.data();
-  auto one = [&](int64_t i, int64_t j) {
-    float y = ((to_float(x[i]) - o[j]) - m[j]) * sc[j] + b[j];
-    if (r) y += to_float(r[i]);
-    out[i] = from_float<T>(leaky(y, slope));
-  };
-  int64_t i = 0;
-  if (r) {
-    for (; i + P <= n; i += P)
+  for (int64_t i = 0; i < n; i += P) {
+    const int64_t len = std::min(P, n - i);
 #pragma GCC ivdep
-      for (int64_t j = 0; j < P; ++j)
-        out[i + j] = from_float<T>(leaky(((to_float(x[i + j]) - o[j]) - m[j]) * sc[j] + b[j] + to_float(r[i + j]), slope));
-  } else {
-    for (; i + P <= n; i += P)
-#pragma GCC ivdep
-      for (int64_t j = 0; j < P; ++j)
-        out[i + j] = from_float<T>(leaky(((to_float(x[i + j]) - o[j]) - m[j]) * sc[j] + b[j], slope));
+    for (int64_t j = 0; j < len; ++j) {
+      float y = ((to_float(x[i + j]) - o[j]) - m[j]) * sc[j] + b[j];
+      if (kResidual) y += to_float(r[i + j]);
+      out[i + j] = from_float<T>(leaky(y, slope));
+    }
   }
-  for (int64_t j = 0; i < n; ++i, ++j) one(i, j);
 }
 
 template <typename T>
@@ -99,12 +89,17 @@ void norm_act_typed(const NdView& xv, const NdView* rv, const float* gamma, cons
   const bool planar = xv.strides[2] == 1;
   const int64_t P = pattern_length(planar ? 1 : C);
   const int64_t runs = std::clamp<int64_t>(S / 4096, 1, 64);  // runs of spatial positions per sample
-  // Work item i: sample i / runs, positions [s0, s1) of it, every channel.
+  // Work item i: sample i / runs, positions [s0, s1) of it, every channel: one run per channel
+  // (planar) or one run of all channels (channels-last).
   auto span = [&](int64_t i, int64_t& n, int64_t& s0, int64_t& s1) {
     n = i / runs;
     s0 = S * (i % runs) / runs;
     s1 = S * (i % runs + 1) / runs;
   };
+  const int64_t runs_per_item = planar ? C : 1;
+  auto run_start = [&](int64_t n, int64_t c, int64_t s0) { return planar ? n * sN + c * sC + s0 : n * sN + s0 * C; };
+  auto run_length = [&](int64_t s0, int64_t s1) { return planar ? s1 - s0 : (s1 - s0) * C; };
+  auto channel = [&](int64_t c, int64_t j) { return planar ? c : j % C; };  // of run c's pattern position j
 
   std::vector<float> origin(N * C);  // each plane's first value: the shift the sums are taken about
   for (int64_t n = 0; n < N; ++n)
@@ -118,16 +113,14 @@ void norm_act_typed(const NdView& xv, const NdView* rv, const float* gamma, cons
       int64_t n, s0, s1;
       span(i, n, s0, s1);
       double* p = &part[i * C * 2];
-      for (int64_t c = 0; c < (planar ? C : 1); ++c) {  // planar: one run per channel; channels-last: one run
-        for (int64_t j = 0; j < P; ++j) o[j] = origin[n * C + (planar ? c : j % C)];
+      for (int64_t c = 0; c < runs_per_item; ++c) {
+        for (int64_t j = 0; j < P; ++j) o[j] = origin[n * C + channel(c, j)];
         std::fill(da.begin(), da.end(), 0.0);
         std::fill(db.begin(), db.end(), 0.0);
-        if (planar) sum_run(x + n * sN + c * sC + s0, s1 - s0, o.data(), P, da.data(), db.data());
-        else sum_run(x + n * sN + s0 * C, (s1 - s0) * C, o.data(), P, da.data(), db.data());
+        sum_run(x + run_start(n, c, s0), run_length(s0, s1), o.data(), P, da.data(), db.data());
         for (int64_t j = 0; j < P; ++j) {
-          const int64_t ch = planar ? c : j % C;
-          p[2 * ch] += da[j];
-          p[2 * ch + 1] += db[j];
+          p[2 * channel(c, j)] += da[j];
+          p[2 * channel(c, j) + 1] += db[j];
         }
       }
     }
@@ -152,16 +145,17 @@ void norm_act_typed(const NdView& xv, const NdView* rv, const float* gamma, cons
     for (int64_t i = i0; i < i1; ++i) {
       int64_t n, s0, s1;
       span(i, n, s0, s1);
-      for (int64_t c = 0; c < (planar ? C : 1); ++c) {
+      for (int64_t c = 0; c < runs_per_item; ++c) {
         for (int64_t j = 0; j < P; ++j) {
-          const int64_t pc = n * C + (planar ? c : j % C);
-          k.origin[j] = origin[pc];
-          k.mean[j] = mean[pc];
-          k.scale[j] = scale[pc];
-          k.beta[j] = beta[pc - n * C];
+          const int64_t ch = channel(c, j);
+          k.origin[j] = origin[n * C + ch];
+          k.mean[j] = mean[n * C + ch];
+          k.scale[j] = scale[n * C + ch];
+          k.beta[j] = beta[ch];
         }
-        const int64_t at = planar ? n * sN + c * sC + s0 : n * sN + s0 * C;
-        apply_run<T>(x + at, r ? r + at : nullptr, out + at, planar ? s1 - s0 : (s1 - s0) * C, k, P, slope);
+        const int64_t at = run_start(n, c, s0), len = run_length(s0, s1);
+        if (r) apply_run<T, true>(x + at, r + at, out + at, len, k, P, slope);
+        else apply_run<T, false>(x + at, nullptr, out + at, len, k, P, slope);
       }
     }
   });

@@ -129,9 +129,13 @@ struct PlaneNorm {
 };
 
 template <typename T>
-__device__ inline T activate(float y, const T* r, int64_t at, float slope) {
-  if (r) y += to_float(r[at]);
+__device__ inline T activate(float y, float slope) {
   return from_float<T>(y >= 0.f ? y : y * slope);
+}
+
+template <typename T>
+__device__ inline float plus_residual(float y, const T* r, int64_t at) {
+  return r ? y + to_float(r[at]) : y;
 }
 
 template <typename T, bool kVector>
@@ -149,15 +153,14 @@ __global__ void planar_apply_kernel(const T* x, NdView v, const T* r, const floa
       if (r) rq.raw = reinterpret_cast<const uint4*>(r + base)[i];
 #pragma unroll
       for (int l = 0; l < V; ++l) {
-        float y = norm(to_float(q.v[l]));
-        if (r) y += to_float(rq.v[l]);
-        o.v[l] = from_float<T>(y >= 0.f ? y : y * slope);
+        const float y = norm(to_float(q.v[l]));
+        o.v[l] = activate<T>(r ? y + to_float(rq.v[l]) : y, slope);
       }
       reinterpret_cast<uint4*>(out + base)[i] = o.raw;
     }
   } else {
     for (int i = threadIdx.x; i < n; i += kThreads)
-      out[base + i] = activate<T>(norm(to_float(x[base + i])), r, base + i, slope);
+      out[base + i] = activate<T>(plus_residual(norm(to_float(x[base + i])), r, base + i), slope);
   }
 }
 
@@ -170,7 +173,7 @@ __global__ void last_apply_kernel(const T* x, NdView v, const T* r, const float*
   const PlaneNorm norm(stats, n * C + c, beta[c]);
   for (int64_t s = s0 + threadIdx.y; s < s1; s += 8) {
     const int64_t at = n * v.strides[0] + s * v.strides[2] + c;
-    out[at] = activate<T>(norm(to_float(x[at])), r, at, slope);
+    out[at] = activate<T>(plus_residual(norm(to_float(x[at])), r, at), slope);
   }
 }
 
