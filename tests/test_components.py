@@ -145,6 +145,7 @@ def test_torch_cpu(rng):
     (np.zeros((0, 4, 4), np.uint8), ValueError, "empty"),
     (np.zeros((4, 4, 4), np.int64), TypeError, "supported"),
     (np.zeros((4, 4, 4), np.complex64), TypeError, "dtype"),
+    (np.full((4, 4, 4), np.nan, np.float32), ValueError, "NaN"),  # else every NaN voxel is a component
 ])
 def test_bad_masks(bad, error, match):
     with pytest.raises(error, match=match):

@@ -115,7 +115,12 @@ def test_bad_datasets(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset.json"):
         data.Dataset(tmp_path / "d")
     (tmp_path / "d" / "dataset.json").write_text("{not json")
-    with pytest.raises(ValueError, match="JSON"):
+    with pytest.raises(ValueError, match="dataset.json: not valid JSON"):
+        data.Dataset(tmp_path / "d")
+    (tmp_path / "d" / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT", "1": "PET"}}))
+    (tmp_path / "d" / "imagesTr").mkdir()
+    (tmp_path / "d" / "splits_final.json").write_text("[{bad")
+    with pytest.raises(ValueError, match="splits_final.json: not valid JSON"):  # the error names the file
         data.Dataset(tmp_path / "d")
     with pytest.raises(ValueError, match="tracer"):
         data.write_phantom_dataset(tmp_path / "x", cases=5, tracer="fet")

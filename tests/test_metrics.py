@@ -52,6 +52,7 @@ def test_component_stats_match_cc3d_and_scipy(rng):
     ref = cc3d.statistics(labels)
     idx = np.arange(1, n + 1)
     np.testing.assert_array_equal(st.voxels, ref["voxel_counts"][1:])
+    assert not hasattr(st, "volume") and "voxels" in st  # fields as attributes and keys; others AttributeError
     np.testing.assert_allclose(st.volume_ml, ref["voxel_counts"][1:] * 12 / 1000)
     np.testing.assert_allclose(st.centroid_mm, ref["centroids"][1:] * [2, 2, 3])
     boxes = ref["bounding_boxes"][1:]
@@ -157,8 +158,12 @@ def test_metric_errors():
         petfast.component_stats(np.zeros((3, 3, 3), np.int32), spacing=(1, 0, 1))
     with pytest.raises(TypeError, match="int32"):
         petfast.component_stats(np.zeros((3, 3, 3), np.uint8))
+    with pytest.raises(ValueError, match="non-negative"):  # the op would skip them silently
+        petfast.component_stats(np.full((3, 3, 3), -1, np.int32))
     with pytest.raises(ValueError, match="NaN"):
         quant.lesions(np.full((3, 3, 3), np.nan), np.ones((3, 3, 3)), (1, 1, 1))
+    with pytest.raises(ValueError, match="infinite"):
+        quant.lesions(np.full((3, 3, 3), np.inf), np.ones((3, 3, 3)), (1, 1, 1))
     with pytest.raises(ValueError, match="spacing"):
         quant.lesions(np.zeros((3, 3, 3)), np.ones((3, 3, 3)), (1, -1, 1))
     with pytest.raises(ValueError, match="exactly one"):

@@ -137,6 +137,8 @@ def test_bad_input(rng):
         patches.gather_tiles(np.zeros((10, 10, 10)), [(0, 0, 0)], (4, 4, 4))
     with pytest.raises(ValueError, match="3 positive"):
         patches.tile_steps((10, 10, 10), (4, 0, 4))
+    with pytest.raises(ValueError, match="image_shape must be 3 positive"):
+        patches.tile_steps((10, 10, -1), (4, 4, 4))
     with pytest.raises(ValueError, match="step"):
         patches.tile_steps((10, 10, 10), (4, 4, 4), step=0)
     with pytest.raises(ValueError, match="outside"):

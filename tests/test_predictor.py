@@ -380,6 +380,13 @@ def test_bad_cases(model_dir, tmp_path):
         pred.predict_files(tmp_path / "in", tmp_path / "out", progress=False)
     with pytest.raises(FileNotFoundError, match="no cases"):
         pred.predict_files(tmp_path / "out", tmp_path / "out2", progress=False)
+    (tmp_path / "root" / "imagesTs").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="dataset root.* in imagesTs"):
+        pred.predict_files(tmp_path / "root", tmp_path / "out2", progress=False)
+    with pytest.raises(ValueError, match="the output is a folder"):
+        pred.predict_files(tmp_path / "in", tmp_path / "case0.nii.gz", progress=False)
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        petfast.Predictor.from_nnunet(model_dir, device="cpu", batch_size=0)
 
 
 def test_cli_predict(model_dir, tmp_path, capsys):

@@ -108,7 +108,7 @@ def _adapt_torch(t, name: str) -> Array:
         if not _C.cuda_built():
             raise TypeError(f"{name} is a CUDA tensor but petfast was built without CUDA kernels; "
                             "pass x.cpu() or install a CUDA build of petfast")
-        device = t.device.index if t.device.index is not None else torch.cuda.current_device()
+        device = t.get_device()  # a tensor's device always has its index
     elif t.device.type == "cpu":
         device = -1
     else:

@@ -35,7 +35,13 @@ def _mask(mask, name="mask") -> _arrays.Array:
         raise ValueError(f"{name} must be a 3-D volume indexed (i, j, k), got shape {a.shape}")
     if min(a.shape) == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
+    if a.dtype.kind == "f" and bool(_isnan(a.obj).any()):  # NaN != NaN: each NaN voxel would be a component
+        raise ValueError(f"{name} contains NaN values")
     return a
+
+
+def _isnan(x):
+    return x.isnan() if _arrays._is_torch(x) else np.isnan(x)
 
 
 def label(mask, connectivity: int = 26):
@@ -74,7 +80,11 @@ class ComponentStats(dict):
     max k, inclusive voxel indices), ``centroid_mm`` (N x 3, along the array axes from the centre of
     voxel (0, 0, 0), i.e. index x spacing), and with an image ``max``, ``mean``, ``sum``."""
 
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"ComponentStats has no field {name!r}") from None
 
 
 def _labels(labels) -> _arrays.Array:
@@ -115,7 +125,7 @@ def _stats(labels, count, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats
             raise ValueError(f"image shape {img.shape} differs from labels shape {lab.shape}")
         if img.device != lab.device:
             raise ValueError("image and labels live on different devices")
-    count = _max_label(lab) if count is None else int(count)
+    count = _count(lab) if count is None else int(count)
     acc = _arrays.empty(lab, (count + 1, 6, 1), np.float64, axis_order=(0, 1, 2))
     box = _arrays.empty(lab, (count + 1, 6, 1), np.int32, axis_order=(0, 1, 2))
     _C.component_stats(lab.spec(), img.spec() if img else None, count, acc.spec(), box.spec(), lab.stream())
@@ -137,9 +147,13 @@ def _to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if _arrays._is_torch(x) else np.asanyarray(x)
 
 
-def _max_label(lab: _arrays.Array) -> int:
-    m = lab.obj.max()
-    return max(int(m), 0)
+def _count(lab: _arrays.Array) -> int:
+    """The largest label; negative labels are an error (the op would skip them silently)."""
+    x = lab.obj
+    lo, hi = (int(v) for v in (x.aminmax() if _arrays._is_torch(x) else (x.min(), x.max())))
+    if lo < 0:
+        raise ValueError(f"labels must be non-negative (0 background, 1..N components), got {lo}")
+    return hi
 
 
 def remove_small(mask, min_voxels: int | None = None, min_ml: float | None = None, spacing=None,

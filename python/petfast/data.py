@@ -73,15 +73,12 @@ class Dataset:
         meta = self.root / "dataset.json"
         if not meta.is_file():
             raise FileNotFoundError(f"{meta}: missing (an nnU-Net dataset needs dataset.json)")
-        try:
-            self.meta = json.loads(meta.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta}: not valid JSON ({e})") from e
+        self.meta = io.read_json(meta)
         self.file_ending = self.meta.get("file_ending", ".nii.gz")
         self.channels = self.meta.get("channel_names", self.meta.get("modality", CHANNELS))
         self.cases = self._find_cases()
         splits = self.root / "splits_final.json"
-        self.splits = json.loads(splits.read_text()) if splits.is_file() else None
+        self.splits = io.read_json(splits) if splits.is_file() else None
 
     def _find_cases(self) -> dict:
         images = self.root / "imagesTr"

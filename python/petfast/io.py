@@ -19,6 +19,7 @@ Conventions
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import os
 import tempfile
@@ -116,6 +117,16 @@ def _check_affine(affine, path) -> np.ndarray:
     return _affine(affine, f"{path}: the affine")
 
 
+def read_json(path):
+    """A JSON file's content; FileNotFoundError or ValueError naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
 def _file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -133,6 +144,8 @@ def atomic_write(path, write, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -34,7 +34,7 @@ def _patch(patch_size, name="patch_size") -> tuple:
 
 def padded_shape(image_shape, patch_size) -> tuple:
     """The image shape after padding to at least the patch size."""
-    return tuple(max(int(s), p) for s, p in zip(image_shape, _patch(patch_size)))
+    return tuple(max(s, p) for s, p in zip(_patch(image_shape, "image_shape"), _patch(patch_size)))
 
 
 def tile_steps(image_shape, patch_size, step: float = 0.5) -> list[list[int]]:

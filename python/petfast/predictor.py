@@ -36,7 +36,7 @@ from . import _arrays, io
 from .nnunet import preprocess as pre
 from .nnunet.model_folder import CHECKPOINT, available_folds, fold_name, load_checkpoint
 from .nnunet.networks import build_network
-from .nnunet.plans import Plans, read_json
+from .nnunet.plans import Plans
 from .patches import finalize, sliding_window
 
 _PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
@@ -156,7 +156,7 @@ class Predictor:
             raise ValueError(f"step must be in (0, 1], got {step}")
         self.step = float(step)
         self.mirror_axes = tuple(mirror_axes) if (tta and mirror_axes) else ()
-        self.batch_size = int(batch_size or (8 if self.device.type == "cuda" else 2))
+        self.batch_size = int(batch_size) if batch_size is not None else (8 if self.device.type == "cuda" else 2)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if precision == "auto":
@@ -180,7 +180,7 @@ class Predictor:
         if not model_dir.is_dir():
             raise FileNotFoundError(f"{model_dir}: no such model folder")
         plans = Plans(model_dir / "plans.json")
-        dataset_json = read_json(model_dir / "dataset.json")
+        dataset_json = io.read_json(model_dir / "dataset.json")
         for key in ("channel_names", "labels"):
             if key not in dataset_json:
                 raise ValueError(f"{model_dir / 'dataset.json'} has no {key!r}")
@@ -419,8 +419,10 @@ class Predictor:
             return cases
         studies = sorted(d for d in folder.iterdir() if d.is_dir() and (d / "SUV.nii.gz").is_file())
         if not studies:
+            inner = [d.name for d in (folder / "imagesTs", folder / "imagesTr") if d.is_dir()]
+            hint = f"; a dataset root? its images are in {' or '.join(inner)}" if inner else ""
             raise FileNotFoundError(f"{folder}: no cases (expected CASE_0000{ending} ... channel files, or autoPET "
-                                    "study folders with SUV.nii.gz and CTres.nii.gz or CT.nii.gz)")
+                                    f"study folders with SUV.nii.gz and CTres.nii.gz or CT.nii.gz){hint}")
         return [self._study_case(d) for d in studies]
 
     def _study_case(self, folder: Path) -> Case:
@@ -464,8 +466,10 @@ class Predictor:
             raise ValueError(f"lesions must be None, 'csv' or 'json', got {lesions!r}")
         if lesions and self._pet_channel() is None:
             raise ValueError(f"a lesion table needs a PET channel; the model takes {', '.join(self.channel_names)}")
-        cases = self.find_cases(inputs)
         output = Path(output)
+        if output.name.endswith((".nii", ".nii.gz")) and not output.is_dir():
+            raise ValueError(f"{output}: the output is a folder (one CASE.nii.gz per case), not a file name")
+        cases = self.find_cases(inputs)
         if not overwrite:
             clash = [p for c in cases for p in self.output_paths(c, output, probabilities, lesions).values() if p.exists()]
             if clash:

@@ -42,8 +42,8 @@ def lesions(pet_suv, mask, spacing) -> dict:
     m = _to_numpy(mask)
     if pet.shape != m.shape or pet.ndim != 3:
         raise ValueError(f"pet_suv {pet.shape} and mask {m.shape} must be 3-D volumes of one shape")
-    if pet.dtype.kind == "f" and np.isnan(pet).any():
-        raise ValueError("pet_suv contains NaN values")
+    if pet.dtype.kind == "f" and not np.isfinite(pet).all():
+        raise ValueError("pet_suv contains NaN or infinite values")
     sp = np.asarray(spacing, np.float64).reshape(-1)
     if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {spacing!r}")

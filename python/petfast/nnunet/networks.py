@@ -58,7 +58,7 @@ def instance_norm_act(x: torch.Tensor, norm: nn.InstanceNorm3d, slope: float = 1
 
     if residual is not None:
         residual = residual.to(x.dtype).contiguous(memory_format=fmt)
-    (weight, w), (bias, b) = vector(norm.weight), vector(norm.bias)
+    (weight, w), (bias, b) = vector(norm.weight), vector(norm.bias)  # weight, bias: alive while the op reads them
     stats = stream = None
     if device >= 0:
         stats = torch.empty(4 * n * c, dtype=torch.float64, device=x.device)

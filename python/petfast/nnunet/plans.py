@@ -2,20 +2,11 @@
 new (``architecture``, nnU-Net >= 2.3) and the old (``UNet_class_name``, 2.0-2.2) formats."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ..io import read_json
+
 _KNOWN = ("PlainConvUNet", "ResidualEncoderUNet")
-
-
-def read_json(path) -> dict:
-    """A JSON file; FileNotFoundError or ValueError naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
 class Plans:
