@@ -183,6 +183,17 @@ def test_torch_and_channel_list_inputs(model_dir):
     np.testing.assert_array_equal(frozen, img)  # the input is never modified
 
 
+def test_thin_and_single_voxel_images(model_dir):
+    # One voxel along an axis whose spacing is under half the model's: nnU-Net's new shape is 0 there
+    # (and its resize fails); petfast keeps 1 voxel and returns the input's shape.
+    pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu")
+    fine = [s / 4 for s in pred.spacing[::-1]]  # (i, j, k) spacing a quarter of the model's
+    img = make_case(8).transpose(0, 3, 2, 1)
+    for part in (img[:, :, :, :1], img[:, :1, :1, :1]):
+        out = pred.predict(part, spacing=fine)
+        assert out.shape == part.shape[1:] and out.dtype == np.uint8
+
+
 def test_step_and_batch_size_do_not_change_the_result(model_dir):
     img = make_case(7).transpose(0, 3, 2, 1)
     a = petfast.Predictor.from_nnunet(model_dir, tta=True, batch_size=1, device="cpu", precision="fp32").predict(
@@ -369,6 +380,11 @@ def test_bad_cases(model_dir, tmp_path):
     bad[1, 5, 5, 5] = np.nan
     with pytest.raises(ValueError, match=r"channel 1 \(PET\) contains NaN"):
         pred.predict(bad, spacing=(2, 2, 3))
+    bad[1, 5, 5, 5] = np.inf
+    with pytest.raises(ValueError, match=r"channel 1 \(PET\) contains NaN or infinite"):
+        pred.predict(bad, spacing=(2, 2, 3))
+    with pytest.raises(MemoryError, match=r"from spacing \(3000, 2000, 2000\) mm .* in mm\?"):  # metres
+        pred.predict(img, spacing=(2000, 2000, 3000))
     # Files: a PET on another grid than the CT, and a missing channel file.
     write_nnunet_case(tmp_path / "in", "case0", img)
     io.save(tmp_path / "in" / "case0_0001.nii.gz", img[1], np.diag([2.0, 2.0, 3.5, 1.0]), overwrite=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import itertools
+import math
 import time
 import warnings
 from contextlib import nullcontext
@@ -245,6 +246,7 @@ class Predictor:
             shape_cropped = tuple(data.shape[1:])
             target = pre.new_shape(shape_cropped, sp, self.spacing)
             if target != shape_cropped:
+                self._check_resampled_size(data.shape[0], shape_cropped, target, sp)
                 data = pre.resize_image(data, target, pre.separate_axis(sp, self.spacing))
             timer.lap("preprocess")
             need_logits = probabilities or target != shape_cropped
@@ -326,6 +328,18 @@ class Predictor:
             raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {spacing!r}")
         return tuple(float(s) for s in sp)
 
+    def _check_resampled_size(self, channels: int, shape, target, sp) -> None:
+        """A clear error, before allocating, when the model's spacing would blow the image up beyond the
+        host's memory (the usual cause: a spacing or affine not in mm)."""
+        needed = (channels + self.num_classes) * math.prod(target) * 4  # float32 image and logits
+        avail = _arrays._available_host_bytes()
+        if avail is not None and needed > avail:
+            raise _arrays.OutOfMemoryError(
+                f"resampling the {'x'.join(map(str, shape))} image from spacing {_mm(sp)} mm to the model's "
+                f"{_mm(self.spacing)} mm gives {'x'.join(map(str, target))} voxels: "
+                f"{needed / 2**30:.1f} GiB with the logits, more than the {avail / 2**30:.1f} GiB of memory "
+                "available. Is the spacing (or the affine) in mm?")
+
     def _preprocess(self, channels, sp_ijk):
         """float32 (C, *cropped) in nnU-Net's axis order, normalised; spacing, crop box, uncropped shape."""
         t = self.transpose_forward
@@ -334,8 +348,8 @@ class Predictor:
         for c, ch in enumerate(channels):
             x = ch.to(self.device, non_blocking=True).permute(2, 1, 0).permute(*t)  # (i,j,k) -> (z,y,x) -> plans' order
             full[c].copy_(x)
-            if x.dtype.is_floating_point and bool(torch.isnan(full[c]).any()):  # contiguous here: faster
-                raise ValueError(f"channel {c} ({self.channel_names[c]}) contains NaN values")
+            if x.dtype.is_floating_point and not bool(torch.isfinite(full[c]).all()):  # contiguous here: faster
+                raise ValueError(f"channel {c} ({self.channel_names[c]}) contains NaN or infinite values")
         sp = tuple(sp_ijk[::-1][a] for a in t)
         box = pre.nonzero_bbox(full)
         data = full if all(b.stop - b.start == n for b, n in zip(box, shape)) else full[(slice(None),) + box].contiguous()
@@ -533,6 +547,10 @@ class Predictor:
         for img, path in zip(images[1:], case.files[1:]):
             _same_grid(img, ref, path, case.files[0])
         return [img.data for img in images], ref
+
+
+def _mm(spacing) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in spacing) + ")"
 
 
 class _Timer:

@@ -100,8 +100,9 @@ def normalize(data: torch.Tensor, schemes, use_mask, intensity_properties) -> to
 
 
 def new_shape(shape, spacing, target_spacing) -> tuple[int, ...]:
-    """nnU-Net's ``compute_new_shape``: round(old spacing / new spacing x old size), Python's rounding."""
-    return tuple(int(round(s / t * n)) for s, t, n in zip(spacing, target_spacing, shape))
+    """nnU-Net's ``compute_new_shape``: round(old spacing / new spacing x old size), Python's rounding,
+    at least 1 (where nnU-Net's 0 would fail: a thin image on a much finer grid than the model's)."""
+    return tuple(max(1, int(round(s / t * n))) for s, t, n in zip(spacing, target_spacing, shape))
 
 
 def separate_axis(spacing, target_spacing) -> int | None:
