@@ -303,6 +303,7 @@ BAD = [
     ("negative shape", dict(dst_shape=(4, -2, 4)), ValueError, "positive"),
     ("2 axes shape", dict(dst_shape=(4, 4)), ValueError, "3 axes"),
     ("non-numeric shape", dict(dst_shape=("a", 4, 4)), TypeError, "3 integers"),
+    ("fractional shape", dict(dst_shape=(4.5, 4, 4)), ValueError, "whole numbers"),
     ("order 2", dict(order=2), ValueError, "order"),
     ("fill outside uint8", dict(image=np.zeros((4, 4, 4), np.uint8), order=0, fill=-1024), ValueError, "fit"),
     ("antialias labels", dict(order=0, antialias=True), ValueError, "antialias"),

@@ -120,6 +120,22 @@ def _adapt_torch(t, name: str) -> Array:
                  t.data_ptr(), device)
 
 
+def shape3(values, name: str) -> tuple[int, int, int]:
+    """``values`` as 3 positive ints (a shape or patch size); whole-number floats are accepted."""
+    try:
+        out = tuple(int(v) for v in values)
+        whole = all(o == v for o, v in zip(out, values))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a sequence of 3 integers, got {values!r}") from e
+    if len(out) != 3:
+        raise ValueError(f"{name} must have 3 axes, got {tuple(values)}")
+    if not whole:
+        raise ValueError(f"{name} must be whole numbers of voxels, got {tuple(values)}")
+    if min(out) < 1:
+        raise ValueError(f"{name} must be 3 positive integers, got {out}")
+    return out
+
+
 def memory_order(a: Array) -> tuple:
     """The axes of `a` from largest to smallest stride (the order its memory walks them)."""
     return tuple(sorted(range(a.ndim), key=lambda ax: -abs(a.strides[ax])))

@@ -23,13 +23,7 @@ from . import _C, _arrays
 
 
 def _patch(patch_size, name="patch_size") -> tuple:
-    try:
-        p = tuple(int(v) for v in patch_size)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be 3 integers, got {patch_size!r}") from e
-    if len(p) != 3 or min(p) < 1:
-        raise ValueError(f"{name} must be 3 positive integers, got {patch_size!r}")
-    return p
+    return _arrays.shape3(patch_size, name)
 
 
 def padded_shape(image_shape, patch_size) -> tuple:

@@ -58,18 +58,6 @@ def _affine(a, name: str) -> np.ndarray:
     return a
 
 
-def _shape(shape, name: str) -> tuple[int, int, int]:
-    try:
-        out = tuple(int(s) for s in shape)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a sequence of 3 integers, got {shape!r}") from e
-    if len(out) != 3:
-        raise ValueError(f"{name} must have 3 axes, got {out}")
-    if any(s <= 0 for s in out):
-        raise ValueError(f"{name} must be positive on every axis, got {out}")
-    return out
-
-
 def index_map(src_affine, dst_affine) -> np.ndarray:
     """The 3x4 matrix taking a destination index (i, j, k, 1) to a continuous source index."""
     src = _affine(src_affine, "src_affine")
@@ -150,7 +138,7 @@ def resample(image, src_affine, dst_shape, dst_affine, order: int = 1, fill: flo
         raise ValueError(f"image is empty (shape {src.shape})")
     if order not in _ORDERS:
         raise ValueError(f"order must be 0 (nearest), 1 (trilinear) or 3 (cubic B-spline), got {order!r}")
-    dst_shape = _shape(dst_shape, "dst_shape")
+    dst_shape = _arrays.shape3(dst_shape, "dst_shape")
     m = index_map(src_affine, dst_affine)
     fill = float(fill)
     out_dtype = src.dtype if order == 0 else np.dtype(np.float32)
