@@ -122,6 +122,9 @@ def test_bad_datasets(tmp_path):
     (tmp_path / "d" / "splits_final.json").write_text("[{bad")
     with pytest.raises(ValueError, match="splits_final.json: not valid JSON"):  # the error names the file
         data.Dataset(tmp_path / "d")
+    (tmp_path / "d" / "splits_final.json").unlink()
+    (tmp_path / "d" / "imagesTr" / "fdg_0011223344_study_0000.nii.gz").mkdir()  # a folder is not a case
+    assert len(data.Dataset(tmp_path / "d")) == 0
     with pytest.raises(ValueError, match="tracer"):
         data.write_phantom_dataset(tmp_path / "x", cases=5, tracer="fet")
     with pytest.raises(ValueError, match="case id"):

@@ -163,6 +163,26 @@ def test_pretrained_weights_start_a_new_run(dataset, tmp_path):
     second = train(dataset, 0, tmp_path / "b", preset="tiny", options=quick(epochs=1), device="cpu", progress=False,
                    pretrained_weights=ckpt)
     assert f"weights from {ckpt}" in (second / "fold_0" / "training_log.txt").read_text()
+    bad_plans = petfast.nnunet.plans.preset_plans("small")  # weights that do not fit: nothing is written
+    with pytest.raises(ValueError, match="pretrained weights"):
+        train(dataset, 0, tmp_path / "c", plans=bad_plans, options=quick(epochs=1), device="cpu", progress=False,
+              pretrained_weights=ckpt)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("iterations", -1), ("batch_size", 0), ("lr", 0.0),
+                                         ("lr", float("nan")), ("save_every", 0), ("max_val_cases", -1)])
+def test_bad_options_stop_before_anything_is_written(dataset, tmp_path, field, value):
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        train(dataset, 0, tmp_path / "m", options=quick(**{field: value}), device="cpu", progress=False)
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_dataset_folder_is_not_a_model_folder(dataset):
+    before = (dataset / "dataset.json").read_bytes()
+    with pytest.raises(ValueError, match="is the dataset folder"):
+        train(dataset, 0, dataset / ".", options=quick(epochs=1), device="cpu", progress=False)
+    assert (dataset / "dataset.json").read_bytes() == before and not (dataset / "plans.json").exists()
 
 
 def _ddp_worker(rank, dataset, out, port):

@@ -86,7 +86,7 @@ class Dataset:
             raise FileNotFoundError(f"{images}: missing")
         suffix = "_0000" + self.file_ending
         cases = {}
-        for p in sorted(images.glob("*" + suffix)):
+        for p in sorted(f for f in images.glob("*" + suffix) if f.is_file()):
             cid = p.name[: -len(suffix)]
             tracer, patient, study = parse_case_id(cid)
             chans = tuple(images / f"{cid}_{int(c):04d}{self.file_ending}" for c in sorted(self.channels, key=int))

@@ -71,6 +71,18 @@ class TrainingOptions:
     seed: int = 0
     max_val_cases: int | None = None
 
+    def check(self) -> None:
+        """ValueError naming the first option out of range."""
+        rules = (("epochs", self.epochs >= 1, "at least 1"), ("iterations", self.iterations >= 1, "at least 1"),
+                 ("batch_size", self.batch_size >= 1, "at least 1"),
+                 ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive number"),
+                 ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "0 or more"),
+                 ("val_every", self.val_every >= 0, "0 or more"), ("save_every", self.save_every >= 1, "at least 1"),
+                 ("max_val_cases", self.max_val_cases is None or self.max_val_cases >= 0, "None or 0 or more"))
+        for name, ok, rule in rules:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
 
 def fingerprint(dataset: Dataset, case_ids, seed: int = 1234) -> tuple[tuple, dict]:
     """Median spacing (z, y, x) and per-channel foreground intensity statistics, as nnU-Net's
@@ -203,7 +215,11 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
     from .predictor import Predictor, _default_device
 
     options = options or TrainingOptions()
+    options.check()
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    out = Path(out)
+    if out.resolve() == dataset.root.resolve():  # the model's dataset.json would replace the dataset's
+        raise ValueError(f"{out} is the dataset folder; give the model a folder of its own")
     train_ids, val_ids = dataset.fold(fold)
     if not train_ids:
         raise ValueError(f"fold {fold} of {dataset.root} has no training cases")
@@ -218,7 +234,6 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
         if device.index is None:  # set_device needs an index
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
-    out = Path(out)
     fold_dir = out / f"fold_{fold}"
     latest = fold_dir / "checkpoint_latest.pth"
     dataset_json = make_dataset_json({str(k): v for k, v in dataset.channels.items()}, dataset.meta.get("labels"),
@@ -242,6 +257,8 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
     # on the CPU: a training step 0.85 s instead of 1.1 s); the batches follow it.
     predictor = Predictor([net], plans, dataset_json, configuration, mirror_axes=(), device=device, tta=False)
     memory_format = predictor.memory_format
+    if state is None and pretrained_weights is not None:  # before anything is written: a bad file leaves nothing
+        _load_pretrained(net, pretrained_weights)
     if rank == 0:
         write_model_folder(out, plans, dataset_json, {}, overwrite=True)  # plans.json and dataset.json, atomically
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -275,7 +292,6 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
         torch.set_rng_state(state["petfast_rng"]["torch"])
         log(f"resumed from {latest} at epoch {start}")
     elif pretrained_weights is not None:
-        _load_pretrained(net, pretrained_weights)
         log(f"weights from {pretrained_weights}")
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     net.decoder.deep_supervision = True
