@@ -127,5 +127,10 @@ def test_bad_datasets(tmp_path):
     assert len(data.Dataset(tmp_path / "d")) == 0
     with pytest.raises(ValueError, match="tracer"):
         data.write_phantom_dataset(tmp_path / "x", cases=5, tracer="fet")
+    with pytest.raises(ValueError, match="scale must be"):
+        data.write_phantom_dataset(tmp_path / "x", cases=5, scale=0)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        data.write_phantom_dataset(tmp_path / "x", cases=5, seed=-1)
+    assert not (tmp_path / "x").exists()  # bad arguments write nothing
     with pytest.raises(ValueError, match="case id"):
         data.parse_case_id("nounderscore")

@@ -226,16 +226,17 @@ def write_phantom_dataset(out, cases: int = 10, tracer: str = "mixed", seed: int
     """Write `cases` synthetic studies in the nnU-Net layout above (the CT resampled to the PET grid
     with autoPET's CTres rule). With ``raw=True`` each study's CT on its own grid, SUV and SEG are also
     written to ``raw/<patient>/<study>/`` as in autoPET's original release."""
-    from .phantom import SCANNERS, make_study
+    from .phantom import SCANNERS, check_seed_and_scale, make_study
     from .resample import resample_ct_to_pet
 
     if tracer not in ("fdg", "psma", "mixed"):
         raise ValueError(f"tracer must be fdg, psma or mixed, got {tracer!r}")
     if cases < folds:
         raise ValueError(f"{cases} cases cannot fill {folds} folds")
+    check_seed_and_scale(seed, scale)  # before anything is written
     out = Path(out)
     if (out / "dataset.json").exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a dataset; pass overwrite to replace it")
+        raise FileExistsError(f"{out} already holds a dataset; pass overwrite=True (--overwrite) to replace it")
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

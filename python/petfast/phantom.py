@@ -282,6 +282,14 @@ def _sample_lesions(rng, tracer, tissue, grid, diagnosis):
     return lesions
 
 
+def check_seed_and_scale(seed, scale) -> None:
+    """ValueError unless seed is a non-negative integer and scale in (0, 1]."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not (0 < scale <= 1):
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+
+
 def make_study(tracer: str = "fdg", scanner: str | None = None, seed: int = 0, scale: float = 1.0,
                organ_map=None, organ_affine=None, diagnosis: str | None = None) -> Study:
     """A synthetic whole-body study.
@@ -297,8 +305,7 @@ def make_study(tracer: str = "fdg", scanner: str | None = None, seed: int = 0, s
     scanner = scanner or DEFAULT_SCANNER[tracer]
     if scanner not in SCANNERS:
         raise ValueError(f"unknown scanner {scanner!r}; choose one of {sorted(SCANNERS)}")
-    if not (0 < scale <= 1):
-        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    check_seed_and_scale(seed, scale)
     sc = SCANNERS[scanner]
     rng = np.random.default_rng(seed)
     if diagnosis is None:
