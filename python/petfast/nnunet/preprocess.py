@@ -10,8 +10,8 @@ plans' ``transpose_forward``); spacings are in mm along the same axes. What each
   clips to the plans' 0.5/99.5 foreground percentiles, subtracts their mean, divides by their std;
   ``ZScoreNormalization`` uses the image's own mean and std (population std, floor 1e-8), over the
   hole-filled nonzero mask when ``use_mask_for_norm``; ``NoNormalization``, ``RescaleTo01Normalization``
-  and ``RGBTo01Normalization`` as nnU-Net. Statistics are reduced in float64 (numpy's float32
-  pairwise sums agree to about 1e-6 relative).
+  and ``RGBTo01Normalization`` as nnU-Net. Image statistics are numpy's float32 pairwise sums on
+  the CPU (nnU-Net's arithmetic) and float64 reductions on a GPU (they agree to about 1e-6 relative).
 * :func:`resize_image`: skimage's ``resize(order=3, mode='edge')`` as nnU-Net calls it, which is
   scipy's ``zoom(order=3, mode='nearest', grid_mode=True)`` clipped to the input's range: edge values
   repeated 12 voxels, a cubic B-spline prefilter, half-voxel aligned sampling; run by petfast's
@@ -62,6 +62,15 @@ def fill_holes(mask: torch.Tensor) -> torch.Tensor:
     return mask | ((background > 0) & ~torch.isin(background, outside[outside > 0]))
 
 
+def _mean_std(x: torch.Tensor) -> tuple[float, float]:
+    """Mean and population std of float32 ``x``: on the CPU numpy's float32 pairwise sums, which is
+    nnU-Net's own arithmetic and 4x faster than torch's float64 reductions there; float64 on a GPU."""
+    if x.device.type == "cpu":
+        a = x.numpy()
+        return float(a.mean()), float(a.std())
+    return x.mean(dtype=torch.float64).item(), math.sqrt(max(x.double().var(unbiased=False).item(), 0.0))
+
+
 def normalize(data: torch.Tensor, schemes, use_mask, intensity_properties) -> torch.Tensor:
     """Normalise each channel of float32 ``data`` in place (see the module notes); returns it."""
     if len(schemes) != data.shape[0]:
@@ -84,8 +93,7 @@ def normalize(data: torch.Tensor, schemes, use_mask, intensity_properties) -> to
                 mean, std = values.mean().item(), values.std(unbiased=False).item()
                 x[mask] = ((x[mask] - mean) / max(std, 1e-8)).to(x.dtype)
             else:
-                mean = x.mean(dtype=torch.float64).item()
-                std = math.sqrt(max(x.double().var(unbiased=False).item(), 0.0))
+                mean, std = _mean_std(x)
                 x.sub_(mean).div_(max(std, 1e-8))
         elif scheme == "RescaleTo01Normalization":
             x.sub_(x.min())
