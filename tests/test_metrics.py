@@ -147,6 +147,15 @@ def test_torch_inputs(rng):
     assert a == pytest.approx(b, nan_ok=True)
 
 
+def test_torch_masks_must_be_binary():
+    torch = pytest.importorskip("torch")
+    assert metrics.autopet(torch.ones((3, 3, 3)), torch.ones((3, 3, 3), dtype=torch.int32), 1.0)["dice"] == 1.0
+    with pytest.raises(ValueError, match="binary mask"):
+        metrics.autopet(torch.ones((3, 3, 3)), torch.full((3, 3, 3), 0.5), 1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.autopet(torch.full((3, 3, 3), float("nan")), torch.ones((3, 3, 3)), 1.0)
+
+
 def test_metric_errors():
     with pytest.raises(ValueError, match="shape"):
         metrics.autopet(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), 1.0)
@@ -154,6 +163,12 @@ def test_metric_errors():
         metrics.autopet(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), 0)
     with pytest.raises(ValueError, match="NaN"):
         metrics.autopet(np.full((3, 3, 3), np.nan), np.zeros((3, 3, 3)), 1.0)
+    for bad in (np.full((3, 3, 3), 2, np.uint8), np.full((3, 3, 3), 0.5), np.full((3, 3, 3), -1, np.int16)):
+        with pytest.raises(ValueError, match=r"binary mask \(values 0 and 1\)"):  # labels 0/2, probabilities
+            metrics.autopet(np.zeros((3, 3, 3)), bad, 1.0)
+        with pytest.raises(ValueError, match="binary mask"):
+            quant.lesions(np.ones((3, 3, 3)), bad, (1, 1, 1))
+    assert metrics.autopet(np.ones((3, 3, 3)), np.ones((3, 3, 3), np.int32), 1.0)["dice"] == 1.0  # any 0/1 dtype
     with pytest.raises(ValueError, match="spacing"):
         petfast.component_stats(np.zeros((3, 3, 3), np.int32), spacing=(1, 0, 1))
     with pytest.raises(TypeError, match="int32"):
@@ -233,6 +248,13 @@ def test_evaluate_cli(tmp_path, capsys):
     bad_out = tmp_path / "bad.csv"
     assert main(["evaluate", "--gt", str(ds / "labelsTr"), "--pred", str(pred_dir), "--out", str(bad_out), "--quiet"]) == 1
     assert "no prediction" in capsys.readouterr().err and not bad_out.exists()
+    # A probability map as a prediction: an error naming the file, not a silently wrong score.
+    first = next((ds / "labelsTr").iterdir())
+    img = io.load(first)
+    io.save(pred_dir / first.name, np.asarray(img.data, np.float32) * 0.8, img.affine, overwrite=True)
+    assert main(["evaluate", "--gt", str(ds / "labelsTr"), "--pred", str(pred_dir), "--out", str(bad_out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert first.name in err and "binary mask" in err and not bad_out.exists()
 
 
 def _stats_nan_cases(device):

@@ -189,7 +189,10 @@ def _evaluate(args) -> int:
         if gt.data.shape != pred.data.shape or not np.allclose(gt.affine, pred.affine, atol=1e-3):
             raise ValueError(f"{pred_path}: its grid differs from the ground truth's ({gt_path})")
         voxel_ml = float(np.prod(gt.spacing)) / 1000.0  # from the ground truth's header, as autoPET III
-        row = {"case": case, **metrics.autopet(gt.data, pred.data, voxel_ml)}
+        try:
+            row = {"case": case, **metrics.autopet(gt.data, pred.data, voxel_ml)}
+        except ValueError as e:  # name the files: "pred must be a binary mask" alone does not say which
+            raise ValueError(f"{gt_path} / {pred_path}: {e}") from None
         if args.pet:
             pet_path = next((p for p in (Path(args.pet) / f"{case}_0001.nii.gz", Path(args.pet) / gt_path.name)
                              if p.exists()), None)

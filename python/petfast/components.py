@@ -13,6 +13,8 @@ Conventions (as cc3d and scipy.ndimage.label):
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _C, _arrays
@@ -72,6 +74,36 @@ def label(mask, connectivity: int = 26):
         scratch = None
     count = _C.label(src.spec(), out.spec(), connectivity, scratch, src.stream())
     return out.obj, int(count)
+
+
+def _binary_mask(x, name):
+    """x as a 0/1 uint8 mask (no copy when it is bool, or uint8 holding 0 and 1). Other values are an
+    error: a probability map or a multi-class label map would be scored silently wrong."""
+    if _arrays._is_torch(x):
+        import torch
+
+        if x.dtype == torch.bool:
+            return x.view(torch.uint8)
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        uint8 = x.dtype == torch.uint8
+    else:
+        x = np.asanyarray(x)
+        if x.ndim != 3:
+            raise ValueError(f"{name} must be a 3-D mask, got shape {x.shape}")
+        if x.dtype == np.bool_:
+            return x.view(np.uint8)
+        if x.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be a bool or numeric mask, got dtype {x.dtype}")
+        lo, hi = float(x.min()), float(x.max())
+        uint8 = x.dtype == np.uint8
+    if math.isnan(lo) or math.isnan(hi):
+        raise ValueError(f"{name} contains NaN values")
+    if not (lo >= 0 and hi <= 1 and (uint8 or bool(((x == 0) | (x == 1)).all()))):
+        raise ValueError(f"{name} must be a binary mask (values 0 and 1), got values in [{lo:g}, {hi:g}]; "
+                         f"binarise it first (e.g. {name} > 0.5 for probabilities, {name} == k for one class)")
+    if uint8:
+        return x
+    return (x != 0).to(torch.uint8) if _arrays._is_torch(x) else (x != 0).view(np.uint8)
 
 
 class ComponentStats(dict):

@@ -11,8 +11,9 @@ Definitions follow the official autoPET III/IV evaluation (ClinicalDataScience/a
 * Lesion-wise: ``tp_lesions`` (ground-truth components touched by the prediction), ``fn_lesions``
   (untouched ones), ``fp_lesions`` (predicted components touching no ground truth).
 
-Masks are binarised (nonzero = lesion). For a cohort, autoPET averages Dice and FNV over the
-studies with lesions (NaN-skipping means) and FPV over all studies: see :func:`aggregate`.
+Masks are binary: bool, or any numeric dtype holding only 0 and 1 (other values are a ValueError).
+For a cohort, autoPET averages Dice and FNV over the studies with lesions (NaN-skipping means) and
+FPV over all studies: see :func:`aggregate`.
 """
 from __future__ import annotations
 
@@ -20,30 +21,9 @@ import math
 
 import numpy as np
 
-from . import _arrays
-from .components import _stats, label
+from .components import _binary_mask, _stats, label
 
 CONNECTIVITY = 18
-
-
-def _binary(x, name):
-    """x as a 0/1 mask, without a copy when it already is one (bool or uint8 with values 0 and 1)."""
-    if _arrays._is_torch(x):
-        import torch
-
-        if x.dtype == torch.bool:
-            return x.view(torch.uint8)
-        if x.is_floating_point() and bool(x.isnan().any()):
-            raise ValueError(f"{name} contains NaN values")
-        return x if x.dtype == torch.uint8 and int(x.max()) <= 1 else (x != 0).to(torch.uint8)
-    x = np.asanyarray(x)
-    if x.ndim != 3:
-        raise ValueError(f"{name} must be a 3-D mask, got shape {x.shape}")
-    if x.dtype == np.bool_:
-        return x.view(np.uint8)
-    if x.dtype.kind == "f" and np.isnan(x).any():
-        raise ValueError(f"{name} contains NaN values")
-    return x if x.dtype == np.uint8 and x.max() <= 1 else (x != 0).view(np.uint8)
 
 
 def _components_touching(mask, other):
@@ -61,7 +41,7 @@ def autopet(gt, pred, voxel_ml: float) -> dict:
     multithreaded on the CPU or on the GPU."""
     if not (isinstance(voxel_ml, (int, float, np.floating)) and math.isfinite(voxel_ml) and voxel_ml > 0):
         raise ValueError(f"voxel_ml must be a positive number of ml, got {voxel_ml!r}")
-    g, p = _binary(gt, "gt"), _binary(pred, "pred")
+    g, p = _binary_mask(gt, "gt"), _binary_mask(pred, "pred")
     if tuple(g.shape) != tuple(p.shape):
         raise ValueError(f"gt shape {tuple(g.shape)} differs from pred shape {tuple(p.shape)}")
     gt_sizes, gt_hit = _components_touching(g, p)

@@ -582,7 +582,7 @@ def _write_case(paths: dict, mask, probs, pet, ref: io.NiftiImage, overwrite: bo
     if probs is not None:
         io.save(paths["probabilities"], np.moveaxis(probs, 0, -1).astype(np.float32), like=ref, overwrite=overwrite)
     if "lesions" in paths:
-        table = lesions(pet, mask, ref.spacing)
+        table = lesions(pet, mask != 0, ref.spacing)  # every foreground class counts as lesion
         if paths["lesions"].suffix == ".json":
             _write_json(paths["lesions"], table, overwrite)
         else:

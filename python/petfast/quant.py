@@ -1,6 +1,6 @@
 """PET quantification of segmented lesions: MTV, SUVmax, SUVmean, SUVpeak, TLG, lesion count, Dmax.
 
-* Lesions are the connected components of the mask (18-connectivity, as autoPET's metrics).
+* Lesions are the connected components of the binary mask (18-connectivity, as autoPET's metrics).
 * ``volume_ml`` (per lesion MTV) = voxels x voxel volume; ``tlg`` = SUVmean x volume_ml (g).
 * ``suv_peak``: mean SUV of the voxels whose centres lie within the 1 ml sphere (radius 6.20 mm)
   centred on the lesion's hottest voxel, lesion or not (the PERCIST-style definition used in
@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .components import _stats, _to_numpy, label
+from .components import _binary_mask, _stats, _to_numpy, label
 
 LESION_COLUMNS = ("lesion", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg", "voxels", "centroid_mm",
                   "hottest_voxel")
@@ -34,12 +34,12 @@ def _suv_peak(pet: np.ndarray, centre: tuple, spacing: np.ndarray) -> float:
 def lesions(pet_suv, mask, spacing) -> dict:
     """Per-lesion and per-study quantification.
 
-    pet_suv: PET in SUV; mask: lesion mask (nonzero = lesion) of the same shape; spacing: voxel size
+    pet_suv: PET in SUV; mask: binary lesion mask (0/1 or bool) of the same shape; spacing: voxel size
     in mm along (i, j, k). Returns ``{"lesions": [per-lesion dicts], "study": {...}}`` with the fields
     of the module notes; per lesion also its centroid (mm) and the index of its hottest voxel.
     """
     pet = _to_numpy(pet_suv)
-    m = _to_numpy(mask)
+    m = _to_numpy(_binary_mask(mask, "mask"))
     if pet.shape != m.shape or pet.ndim != 3:
         raise ValueError(f"pet_suv {pet.shape} and mask {m.shape} must be 3-D volumes of one shape")
     if pet.dtype.kind == "f" and not np.isfinite(pet).all():
@@ -47,7 +47,7 @@ def lesions(pet_suv, mask, spacing) -> dict:
     sp = np.asarray(spacing, np.float64).reshape(-1)
     if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {spacing!r}")
-    labels, count = label(m != 0, 18)
+    labels, count = label(m, 18)
     st = _stats(labels, count, pet, sp)
     rows = []
     for n in range(count):
