@@ -94,7 +94,7 @@ def _binary_mask(x, name):
             return x.view(np.uint8)
         if x.dtype.kind not in "iuf":
             raise TypeError(f"{name} must be a bool or numeric mask, got dtype {x.dtype}")
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = 0.0 if x.dtype.kind == "u" else float(x.min()), float(x.max())
         uint8 = x.dtype == np.uint8
     if math.isnan(lo) or math.isnan(hi):
         raise ValueError(f"{name} contains NaN values")
