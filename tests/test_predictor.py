@@ -308,6 +308,32 @@ def test_existing_outputs_stop_the_run_before_any_work(model_dir, tmp_path):
     assert io.load(tmp_path / "out" / "case1.nii.gz").data.dtype == np.uint8
 
 
+def test_continue_predicts_only_the_cases_without_outputs(model_dir, tmp_path, capsys):
+    from petfast.cli import main
+
+    for i in range(3):
+        write_nnunet_case(tmp_path / "in", f"case{i}", make_case(30 + i).transpose(0, 3, 2, 1))
+    pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu")
+    pred.predict_files(tmp_path / "in", tmp_path / "ref", lesions="csv", progress=False)
+    # An interrupted run: case0 complete, case1 with its mask but not its lesion table, case2 not started.
+    (tmp_path / "out").mkdir()
+    for name in ("case0.nii.gz", "case0_lesions.csv", "case1.nii.gz"):
+        (tmp_path / "out" / name).write_bytes((tmp_path / "ref" / name).read_bytes())
+    untouched = (tmp_path / "out" / "case0.nii.gz").stat().st_mtime_ns
+    args = ["predict", "-m", str(model_dir), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-tta",
+            "--device", "cpu", "--lesions", "csv", "--folds", "0", "--quiet"]
+    assert main(args) == 1 and "--continue" in capsys.readouterr().err  # the clash error points at it
+    assert main(args + ["--continue"]) == 0
+    out = capsys.readouterr().out
+    assert "1 case(s) skipped" in out and "case1" in out and "case2" in out and "\ncase0 " not in out
+    assert (tmp_path / "out" / "case0.nii.gz").stat().st_mtime_ns == untouched
+    for name in ("case1.nii.gz", "case1_lesions.csv", "case2.nii.gz", "case2_lesions.csv"):
+        if name.endswith(".nii.gz"):
+            np.testing.assert_array_equal(io.load(tmp_path / "out" / name).data, io.load(tmp_path / "ref" / name).data)
+        else:
+            assert (tmp_path / "out" / name).read_text() == (tmp_path / "ref" / name).read_text()
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def test_model_folder_errors(model_dir, tmp_path):

@@ -239,8 +239,11 @@ def _predict(args) -> int:
     print(f"model {args.model}: {predictor.configuration}, {len(predictor.networks)} fold(s), patch "
           f"{'x'.join(map(str, predictor.patch_size))}, TTA {'over axes ' + str(predictor.mirror_axes) if predictor.mirror_axes else 'off'}, "
           f"{predictor.device}, {predictor.precision} (loaded in {time.perf_counter() - t0:.1f} s)")
+    total = len(predictor.find_cases(args.input))
     rows = predictor.predict_files(args.input, args.output, probabilities=args.probabilities, lesions=args.lesions,
-                                   overwrite=args.overwrite, progress=not args.quiet)
+                                   overwrite=args.overwrite, skip_existing=args.resume, progress=not args.quiet)
+    if len(rows) < total:
+        print(f"{total - len(rows)} case(s) skipped: their outputs exist (--continue)")
     stages = ("read_wait", "preprocess", "network", "export", "total")
     print(f"{'case':32s} {'shape':>13s} " + " ".join(f"{s:>10s}" for s in stages))
     for r in rows:
@@ -337,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "or a raw CT.nii.gz on its own grid, resampled onto the PET grid first), or a folder of such\n"
                     "study folders. OUTPUT gets CASE.nii.gz (uint8 labels on the input grid); with --lesions\n"
                     "CASE_lesions.csv/json (MTV, SUVmax, SUVmean, SUVpeak, TLG per lesion), with --probabilities\n"
-                    "CASE_probabilities.nii.gz. Existing files are never replaced without --overwrite.",
+                    "CASE_probabilities.nii.gz. Existing files are never replaced without --overwrite; --continue\n"
+                    "resumes a run that stopped, skipping the cases already written.",
         epilog="example: petfast predict -m nnUNet_results/Dataset221_AutoPETIV/nnUNetTrainer__nnUNetPlans__3d_fullres \\\n"
                "                        -i imagesTs -o predictions --folds 0 1 2 3 4 --lesions csv")
     s.add_argument("-m", "--model", required=True, metavar="MODEL_DIR",
@@ -360,7 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network passes per forward call, mirrored copies included (default 8 on CUDA, 2 on CPU)")
     s.add_argument("--lesions", choices=("csv", "json"), help="also write each case's lesion table")
     s.add_argument("--probabilities", action="store_true", help="also write the softmax probabilities")
-    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    replace = s.add_mutually_exclusive_group()
+    replace.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    replace.add_argument("--continue", dest="resume", action="store_true",
+                         help="resume an interrupted run: skip the cases whose outputs all exist (nnU-Net's "
+                              "--continue_prediction)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_predict)
     s = sub.add_parser(

@@ -467,15 +467,17 @@ class Predictor:
         return paths
 
     def predict_files(self, inputs, output, *, probabilities: bool = False, lesions: str | None = None,
-                      overwrite: bool = False, progress: bool = True) -> list[dict]:
+                      overwrite: bool = False, skip_existing: bool = False, progress: bool = True) -> list[dict]:
         """Segment every case of ``inputs`` (see :meth:`find_cases`) into ``output``.
 
         Writes ``CASE.nii.gz`` (uint8 labels on the input grid, the first channel's header), with
         ``probabilities`` ``CASE_probabilities.nii.gz`` (float32, I x J x K x classes) and with
         ``lesions='csv'`` or ``'json'`` the lesion table of :func:`petfast.quant.lesions` on the
         PET channel. Each file is written atomically; existing outputs are an error unless
-        ``overwrite``, checked before any work. The next case is read while the current one runs.
-        Returns one row of timings (seconds) per case.
+        ``overwrite``, checked before any work. ``skip_existing`` resumes an interrupted run (as
+        nnU-Net's ``--continue_prediction``): cases whose outputs all exist are skipped, and a case
+        with only some of them is predicted again and they are replaced. The next case is read while
+        the current one runs. Returns one row of timings (seconds) per case predicted.
         """
         if lesions not in (None, "csv", "json"):
             raise ValueError(f"lesions must be None, 'csv' or 'json', got {lesions!r}")
@@ -485,11 +487,16 @@ class Predictor:
         if output.name.endswith((".nii", ".nii.gz")) and not output.is_dir():
             raise ValueError(f"{output}: the output is a folder (one CASE.nii.gz per case), not a file name")
         cases = self.find_cases(inputs)
+        if skip_existing:
+            cases = [c for c in cases if not all(p.exists() for p in self.output_paths(c, output, probabilities,
+                                                                                       lesions).values())]
+            overwrite = True  # what remains of an interrupted case is replaced
         if not overwrite:
             clash = [p for c in cases for p in self.output_paths(c, output, probabilities, lesions).values() if p.exists()]
             if clash:
                 raise FileExistsError(f"{len(clash)} output files exist (first: {clash[0]}); pass overwrite=True "
-                                      "(--overwrite) to replace them")
+                                      "(--overwrite) to replace them, or skip_existing=True (--continue) to "
+                                      "predict only the cases without them")
         output.mkdir(parents=True, exist_ok=True)
         rows = []
         bar = None
