@@ -148,6 +148,28 @@ def test_bad_input(rng):
         patches.sliding_window(volume, lambda t: t[:, :, :2], (4, 4, 4), 1)
     with pytest.raises(TypeError, match="float32"):
         patches.gather_tiles(volume, [(0, 0, 0)], (4, 4, 4), dtype=np.int16)
+    with pytest.raises(ValueError, match="positive"):
+        patches.gaussian_importance_map((4, 4, 4), sigma_scale=0)
+    with pytest.raises(ValueError, match="share batch and patch size"):
+        patches.augment(np.zeros((1, 2, 8, 8, 8), np.float32), np.zeros((1, 1, 8, 4, 8), np.int16), rng)
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    ("read-only", ValueError, "read-only"),  # results would go into a frozen array
+    ("broadcast", ValueError, "broadcast view"),  # every write would land on one element
+    ("byte-swapped", TypeError, "native byte order"),  # results would go into a hidden copy
+])
+def test_accumulators_are_written_in_place_or_refused(bad, error, match):
+    acc, weight = np.zeros((1, 10, 10, 10), np.float32), np.zeros((10, 10, 10), np.float32)
+    if bad == "read-only":
+        acc.flags.writeable = False
+    elif bad == "broadcast":
+        weight = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (10, 10, 10), (0, 0, 0))  # writable
+    else:
+        acc = acc.astype(">f4")
+    with pytest.raises(error, match=match):
+        patches.accumulate_tiles(acc, weight, np.ones((1, 1, 4, 4, 4), np.float32), [(0, 0, 0)],
+                                 np.ones((4, 4, 4), np.float32))
 
 
 @pytest.mark.cuda

@@ -85,6 +85,24 @@ def adapt(x, name: str) -> Array:
                  a.ctypes.data, -1)
 
 
+def adapt_inplace(x, name: str) -> Array:
+    """adapt() for an array a kernel writes into: it must be writable and taken as it is. adapt()'s
+    silent copies (byte order, alignment) would take the results with them, and a broadcast view
+    would have every write land on the same few elements."""
+    if not _is_torch(x):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} is written in place: pass a numpy array or a torch tensor, not {type(x).__name__}")
+        if not x.flags.writeable:
+            raise ValueError(f"{name} is read-only, and it is written in place")
+    a = adapt(x, name)
+    if (a.ptr != x.data_ptr()) if _is_torch(x) else (a.obj is not x):  # adapt() made a copy
+        raise TypeError(f"{name} is written in place, so it must be aligned, in native byte order and of a "
+                        f"supported dtype ({SUPPORTED}); got {x.dtype}")
+    if any(st == 0 and n > 1 for st, n in zip(a.strides, a.shape)):
+        raise ValueError(f"{name} is a broadcast view (several elements share memory); it is written in place")
+    return a
+
+
 _TORCH_DTYPES: dict = {}  # torch dtype <-> numpy dtype, both ways, filled on first use
 
 

@@ -65,6 +65,9 @@ def gaussian_importance_map(patch_size, sigma_scale: float = 1.0 / 8, value_scal
                             dtype=np.float32) -> np.ndarray:
     """nnU-Net's Gaussian importance map (``compute_gaussian``) as a numpy array of ``dtype``."""
     patch = _patch(patch_size)
+    if not (sigma_scale > 0 and value_scaling_factor > 0):
+        raise ValueError(f"sigma_scale and value_scaling_factor must be positive, got {sigma_scale}, "
+                         f"{value_scaling_factor}")
     axes = []
     for p in patch:
         sigma = p * sigma_scale
@@ -133,7 +136,9 @@ def gather_tiles(volume, origins, patch_size, pad: float = 0.0, dtype=np.float32
 def accumulate_tiles(acc, weight, tiles, origins, weight_map) -> None:
     """In place: ``acc`` (C, D, H, W) += each tile x ``weight_map`` at its origin, and ``weight``
     (D, H, W) += ``weight_map``. All float32, one device; tiles (B, C, d, h, w) must lie inside."""
-    a, w = _view4(acc, "acc"), _arrays.adapt(weight, "weight")
+    a, w = _arrays.adapt_inplace(acc, "acc"), _arrays.adapt_inplace(weight, "weight")
+    if a.ndim != 4:
+        raise ValueError(f"acc must be channel-first (C, D, H, W), got shape {a.shape}")
     t, g = _arrays.adapt(tiles, "tiles"), _arrays.adapt(weight_map, "weight_map")
     if t.ndim != 5:
         raise ValueError(f"tiles must be (B, C, d, h, w), got shape {t.shape}")
@@ -352,6 +357,10 @@ def augment(images, labels, rng: np.random.Generator, mirror_axes=(0, 1, 2), p_b
     Gaussian noise of variance U(0, 0.1) with ``p_noise``. Returns (images, labels).
     """
     is_torch = _arrays._is_torch(images)
+    if images.ndim != 5 or labels.ndim != 5 or images.shape[0] != labels.shape[0] or \
+            tuple(images.shape[2:]) != tuple(labels.shape[2:]):
+        raise ValueError(f"images (B, C, d, h, w) and labels (B, 1, d, h, w) must share batch and patch size, got "
+                         f"{tuple(images.shape)} and {tuple(labels.shape)}")
     b = images.shape[0]
     for j in range(b):
         flips = tuple(2 + a for a in mirror_axes if rng.random() < 0.5)
