@@ -105,17 +105,22 @@ def _metrics_case(masks):
     return gt, pred
 
 
-def test_cpu_petfast_metrics(benchmark, record, masks):
-    gt, pred = _metrics_case(masks)
-    benchmark.group = "autopet-metrics-cpu"
+LAYOUTS = {"C": np.ascontiguousarray, "nifti": np.asfortranarray}  # NIfTI files load Fortran-ordered
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cpu_petfast_metrics(benchmark, record, masks, layout):
+    gt, pred = map(LAYOUTS[layout], _metrics_case(masks))
+    benchmark.group = "autopet-metrics-cpu" + ("" if layout == "C" else "-nifti-order")
     benchmark(metrics.autopet, gt, pred, 0.0124)
     record(benchmark.group, "petfast")
 
 
-def test_cpu_cc3d_metrics(benchmark, record, masks):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cpu_cc3d_metrics(benchmark, record, masks, layout):
     """The fast formulation with cc3d (label + bincount), not the official per-component loop."""
     cc3d = _cc3d()
-    gt, pred = _metrics_case(masks)
+    gt, pred = map(LAYOUTS[layout], _metrics_case(masks))
 
     def run():
         out = []
@@ -126,7 +131,7 @@ def test_cpu_cc3d_metrics(benchmark, record, masks):
             out.append(sizes[1:][hit[1:] == 0].sum() * 0.0124)
         return 2 * (gt & pred).sum() / (gt.sum() + pred.sum()), out
 
-    benchmark.group = "autopet-metrics-cpu"
+    benchmark.group = "autopet-metrics-cpu" + ("" if layout == "C" else "-nifti-order")
     benchmark(run)
     record(benchmark.group, "cc3d + bincount")
 

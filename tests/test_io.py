@@ -173,3 +173,16 @@ def test_loaded_arrays_feed_the_kernels(tmp_path, rng):
     out = petfast.resample(img.data, img.affine, (10, 9, 8), las((2, 2, 2)))
     ref = petfast.resample(np.ascontiguousarray(data), las((1, 1, 1)), (10, 9, 8), las((2, 2, 2)))
     np.testing.assert_array_equal(out, ref)
+
+
+def test_load_ahead_yields_each_group_in_order_and_raises_at_the_bad_one(tmp_path, rng):
+    paths = []
+    for i in range(3):
+        paths.append(io.save(tmp_path / f"v{i}.nii.gz", np.full((4, 5, 6), i, np.int16), las()))
+    groups = [[paths[0], paths[1]], [paths[2]], [tmp_path / "absent.nii.gz"]]
+    it = io.load_ahead(groups)
+    assert [int(img.data[0, 0, 0]) for img in next(it)] == [0, 1]
+    assert [int(img.data[0, 0, 0]) for img in next(it)] == [2]
+    with pytest.raises(FileNotFoundError, match="absent"):  # read in the background, raised at its turn
+        next(it)
+    assert list(io.load_ahead([])) == []

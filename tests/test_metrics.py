@@ -147,6 +147,23 @@ def test_torch_inputs(rng):
     assert a == pytest.approx(b, nan_ok=True)
 
 
+def test_component_stats_in_any_memory_order(rng):
+    # The CPU walks the labels in their memory order (NIfTI volumes are Fortran-ordered); every field
+    # comes back along (i, j, k) all the same.
+    mask = (rng.random((17, 23, 29)) < 0.2).astype(np.uint8)
+    image = rng.normal(3, 1, mask.shape).astype(np.float32)
+    labels, n = petfast.label(mask, 18)
+    ref = petfast.component_stats(labels, image, spacing=(1.0, 2.0, 3.0))
+    layouts = {"Fortran": (np.asfortranarray(labels), np.asfortranarray(image)),
+               "Fortran labels, C image": (np.asfortranarray(labels), image),
+               "axes permuted in memory": (labels.transpose(1, 2, 0).copy().transpose(2, 0, 1),
+                                           image.transpose(2, 1, 0).copy().transpose(2, 1, 0))}
+    for name, (lab, img) in layouts.items():
+        st = petfast.component_stats(lab, img, spacing=(1.0, 2.0, 3.0))
+        for key in ref:
+            np.testing.assert_allclose(st[key], ref[key], rtol=1e-12, err_msg=f"{name}: {key}")
+
+
 def test_torch_masks_must_be_binary():
     torch = pytest.importorskip("torch")
     assert metrics.autopet(torch.ones((3, 3, 3)), torch.ones((3, 3, 3), dtype=torch.int32), 1.0)["dice"] == 1.0

@@ -235,7 +235,6 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
     in_step[q] = d.da * sa + d.db * sb + d.dc * sc;
     out_step[q] = (d.da * nb + d.db) * nc + d.dc;
   }
-  const int64_t plane = nb * nc;
   const int threads = int(std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), na / 4)));
   std::vector<int64_t> slab(threads + 1);
   for (int t = 0; t <= threads; ++t) slab[t] = na * t / threads;
@@ -416,7 +415,9 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
   });
   if (order[0] == 0 && order[1] == 1 && order[2] == 2) return count;
 
-  // 5. Renumber by the first voxel in logical (i, j, k) raster order.
+  // 5. Renumber by the first voxel in logical (i, j, k) raster order. Both passes visit only rows
+  // with foreground: background rows of the output are never touched, as in step 1 (writing them
+  // would fault in every page of a sparse mask's labels: 10x the labelling itself).
   int64_t logical_stride[3];  // logical C-order index step of each walk axis
   const int64_t lstr[3] = {src.shape[1] * src.shape[2], src.shape[2], 1};
   for (int w = 0; w < 3; ++w) logical_stride[w] = lstr[order[w]];
@@ -425,13 +426,15 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
     for (int64_t t = t0; t < t1; ++t) {
       auto& first = firsts[t];
       for (int64_t a = slab[t]; a < slab[t + 1]; ++a)
-        for (int64_t b = 0; b < nb; ++b)
+        for (int64_t b = 0; b < nb; ++b) {
+          if (!row_has_fg[a * nb + b]) continue;
           for (int64_t c = 0; c < nc; ++c) {
             const int32_t l = out[(a * nb + b) * nc + c];
             if (l == 0) continue;
             const int64_t ci = a * logical_stride[0] + b * logical_stride[1] + c * logical_stride[2];
             if (ci < first[l]) first[l] = ci;
           }
+        }
     }
   });
   for (int t = 1; t < threads; ++t)
@@ -441,8 +444,12 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
   std::sort(by_first.begin(), by_first.end(), [&](int32_t p, int32_t q) { return firsts[0][p] < firsts[0][q]; });
   std::vector<int32_t> new_label(count + 1, 0);
   for (int64_t r = 0; r < count; ++r) new_label[by_first[r]] = int32_t(r + 1);
-  parallel_for(na * plane, 1 << 16, [&](int64_t v0, int64_t v1) {
-    for (int64_t v = v0; v < v1; ++v) out[v] = new_label[out[v]];
+  parallel_for(na * nb, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      if (!row_has_fg[r]) continue;
+      int32_t* orow = out + r * nc;
+      for (int64_t c = 0; c < nc; ++c) orow[c] = new_label[orow[c]];
+    }
   });
   return count;
 }

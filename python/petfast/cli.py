@@ -173,19 +173,28 @@ def _evaluate(args) -> int:
     gts = sorted(p for p in gt_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")))
     if not gts:
         raise FileNotFoundError(f"{gt_dir}: no .nii.gz or .nii ground-truth files")
+    # Every case's files are found before any is read: a missing one stops the run at once.
+    cases = []
+    for gt_path in gts:
+        case = gt_path.name[: -len(".nii.gz")] if gt_path.name.endswith(".gz") else gt_path.name[: -len(".nii")]
+        files = [gt_path, pred_dir / gt_path.name]
+        if not files[1].exists():
+            raise FileNotFoundError(f"{files[1]}: no prediction for case {case}")
+        if args.pet:
+            pet_path = next((p for p in (Path(args.pet) / f"{case}_0001.nii.gz", Path(args.pet) / gt_path.name)
+                             if p.exists()), None)
+            if pet_path is None:
+                raise FileNotFoundError(f"{args.pet}: no PET for case {case} ({case}_0001.nii.gz or {gt_path.name})")
+            files.append(pet_path)
+        cases.append((case, files))
     rows = []
-    it = gts
+    loaded = zip(cases, io.load_ahead(files for _, files in cases))  # the next case is read during this one
     if not args.quiet:
         from tqdm import tqdm
 
-        it = tqdm(gts, desc="petfast evaluate", unit="case")
+        loaded = tqdm(loaded, total=len(cases), desc="petfast evaluate", unit="case")
     t0 = time.perf_counter()
-    for gt_path in it:
-        case = gt_path.name[: -len(".nii.gz")] if gt_path.name.endswith(".gz") else gt_path.name[: -len(".nii")]
-        pred_path = pred_dir / gt_path.name
-        if not pred_path.exists():
-            raise FileNotFoundError(f"{pred_path}: no prediction for case {case}")
-        gt, pred = io.load(gt_path), io.load(pred_path)
+    for (case, (gt_path, pred_path, *_)), (gt, pred, *pet) in loaded:
         if gt.data.shape != pred.data.shape or not np.allclose(gt.affine, pred.affine, atol=1e-3):
             raise ValueError(f"{pred_path}: its grid differs from the ground truth's ({gt_path})")
         voxel_ml = float(np.prod(gt.spacing)) / 1000.0  # from the ground truth's header, as autoPET III
@@ -193,14 +202,9 @@ def _evaluate(args) -> int:
             row = {"case": case, **metrics.autopet(gt.data, pred.data, voxel_ml)}
         except ValueError as e:  # name the files: "pred must be a binary mask" alone does not say which
             raise ValueError(f"{gt_path} / {pred_path}: {e}") from None
-        if args.pet:
-            pet_path = next((p for p in (Path(args.pet) / f"{case}_0001.nii.gz", Path(args.pet) / gt_path.name)
-                             if p.exists()), None)
-            if pet_path is None:
-                raise FileNotFoundError(f"{args.pet}: no PET for case {case} ({case}_0001.nii.gz or {gt_path.name})")
-            pet = io.load(pet_path)
+        if pet:
             for who, m in (("pred", pred.data), ("gt", gt.data)):
-                s = quant.lesions(pet.data, m, gt.spacing)["study"]
+                s = quant.lesions(pet[0].data, m, gt.spacing)["study"]
                 row.update({f"{who}_mtv_ml": s["mtv_ml"], f"{who}_tlg": s["tlg"], f"{who}_suv_max": s["suv_max"],
                             f"{who}_dmax_mm": s["dmax_mm"]})
         rows.append(row)

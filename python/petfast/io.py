@@ -18,6 +18,7 @@ Conventions
 """
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import json
 import math
@@ -202,6 +203,23 @@ def load(path, *, ndim: int | None = 3) -> NiftiImage:
     affine = _check_affine(hdr.get_best_affine().astype(np.float64), path)
     spacing = tuple(float(z) for z in hdr.get_zooms()[:3])
     return NiftiImage(data, affine, spacing, hdr)
+
+
+def load_ahead(groups, *, ndim: int | None = 3):
+    """For each group of paths (one case's files), yield the list of their :func:`load` results
+    while the next group is read in the background, up to 4 files at once: decompression releases
+    the GIL, so on a cohort reading hides behind the caller's work on the current case. An error
+    reading a file is raised when its group is reached."""
+    groups = iter(groups)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        submit = lambda paths: [pool.submit(load, p, ndim=ndim) for p in paths]  # noqa: E731
+        pending = next(groups, None)
+        pending = submit(pending) if pending is not None else None
+        while pending is not None:
+            current = pending
+            following = next(groups, None)
+            pending = submit(following) if following is not None else None
+            yield [f.result() for f in current]
 
 
 def save(path, data, affine=None, *, like=None, overwrite: bool = False) -> Path:

@@ -504,17 +504,11 @@ class Predictor:
             from tqdm import tqdm
 
             bar = tqdm(total=len(cases), desc="predict", unit="case")
-        # One reader per channel file: decompression releases the GIL, so a case reads in the time of its
-        # largest file (the PET), and the next case is read while this one runs.
-        with concurrent.futures.ThreadPoolExecutor(len(self.channel_names)) as reader, \
-                concurrent.futures.ThreadPoolExecutor(1) as writer:
-            read = lambda case: [reader.submit(io.load, p) for p in case.files]  # noqa: E731
-            pending = read(cases[0]) if cases else None
+        # The next case is read while this one runs (io.load_ahead); results are written in the background.
+        with concurrent.futures.ThreadPoolExecutor(1) as writer:
             writes = []
-            for i, case in enumerate(cases):
-                t0 = time.perf_counter()
-                images = [f.result() for f in pending]
-                pending = read(cases[i + 1]) if i + 1 < len(cases) else None
+            t0 = time.perf_counter()
+            for case, images in zip(cases, io.load_ahead(c.files for c in cases)):
                 t_read = time.perf_counter() - t0
                 channels, ref = self._case_channels(case, images)
                 result = self.predict(channels, ref.affine, probabilities=probabilities)
@@ -531,6 +525,7 @@ class Predictor:
                 if bar is not None:
                     bar.set_postfix_str(f"{case.id}: {row['total']:.1f} s")
                     bar.update()
+                t0 = time.perf_counter()
             for w in writes:
                 w.result()  # surface write errors
         if bar is not None:
