@@ -88,11 +88,14 @@ def test_memory_layouts_give_identical_results(order, rng):
         np.testing.assert_array_equal(got, expected, err_msg=name)
 
 
-def test_fortran_input_gives_fortran_output(rng):
+@pytest.mark.parametrize("order", [0, 1, 3])  # cubic samples in C order and then copies into Fortran order
+def test_fortran_input_gives_fortran_output(rng, order):
     image = np.asfortranarray(rng.normal(size=(10, 11, 12)).astype(np.float32))
-    out = petfast.resample(image, np.eye(4), (7, 8, 9), grid((1.3, 1.3, 1.3)))
+    out = petfast.resample(image, np.eye(4), (7, 8, 9), grid((1.3, 1.3, 1.3)), order=order)
     assert out.flags.f_contiguous
-    assert petfast.resample(np.ascontiguousarray(image), np.eye(4), (7, 8, 9), grid((1.3,) * 3)).flags.c_contiguous
+    c_out = petfast.resample(np.ascontiguousarray(image), np.eye(4), (7, 8, 9), grid((1.3,) * 3), order=order)
+    assert c_out.flags.c_contiguous
+    np.testing.assert_array_equal(out, c_out)
 
 
 def test_every_output_voxel_is_written(monkeypatch, rng):
