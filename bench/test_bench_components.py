@@ -108,6 +108,22 @@ def _metrics_case(masks):
 LAYOUTS = {"C": np.ascontiguousarray, "nifti": np.asfortranarray}  # NIfTI files load Fortran-ordered
 
 
+def test_cpu_petfast_remove_small(benchmark, record, masks):
+    _, pred = _metrics_case(masks)  # an organ plus about 100 single-voxel specks
+    benchmark.group = "remove-small-cpu"
+    benchmark(petfast.remove_small, pred, min_voxels=10)
+    record(benchmark.group, "petfast")
+
+
+def test_cpu_cc3d_dust(benchmark, record, masks):
+    cc3d = _cc3d()
+    _, pred = _metrics_case(masks)
+    benchmark.group = "remove-small-cpu"
+    benchmark(cc3d.dust, pred, threshold=10, connectivity=26)
+    record(benchmark.group, "cc3d.dust")
+
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_cpu_petfast_metrics(benchmark, record, masks, layout):
     gt, pred = map(LAYOUTS[layout], _metrics_case(masks))

@@ -20,6 +20,7 @@ void convolve_axis(const Volume& src, const Volume& dst, int axis, const std::ve
 int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream);
 void component_stats(const Volume& labels, const Volume* image, int64_t count, const Volume& acc, const Volume& box,
                      uintptr_t stream);
+void drop_components(const Volume& labels, const Volume& keep, const Volume& out);
 void gather_tiles(const NdView& src, const NdView& dst, const TileOrigins& o, double pad, uintptr_t stream);
 void accumulate_tiles(const NdView& tiles, const NdView& weight_map, const TileOrigins& o, const NdView& acc,
                       const NdView& weight, uintptr_t stream);
@@ -159,6 +160,15 @@ PYBIND11_MODULE(_C, m) {
         component_stats(l, has_image ? &i : nullptr, count, a, b, stream);
       },
       py::arg("labels"), py::arg("image"), py::arg("count"), py::arg("acc"), py::arg("box"), py::arg("stream"));
+  m.def(
+      "drop_components",
+      [](py::tuple labels, py::tuple keep, py::tuple out) {
+        Volume l = to_volume(labels), k = to_volume(keep), o = to_volume(out);
+        py::gil_scoped_release release;
+        drop_components(l, k, o);
+      },
+      py::arg("labels"), py::arg("keep"), py::arg("out"),
+      "out[v] = 0 where labels[v] names a component whose keep entry is 0 (CPU)");
   m.def(
       "gather_tiles",
       [](py::tuple src, py::tuple dst, std::vector<std::vector<int64_t>> origins, double pad, uintptr_t stream) {

@@ -1,4 +1,5 @@
-// Argument checks and CPU/CUDA dispatch for connected components: label and component_stats.
+// Argument checks and CPU/CUDA dispatch for connected components: label, component_stats and the
+// last pass of small-component removal.
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
@@ -57,6 +58,14 @@ void component_stats(const Volume& labels, const Volume* image, int64_t count, c
 #endif
   }
   component_stats_cpu(labels, image, count, static_cast<double*>(acc.data), static_cast<int32_t*>(box.data));
+}
+
+void drop_components(const Volume& labels, const Volume& keep, const Volume& out) {
+  require(labels.dtype == DType::Int32, "drop_components: labels must be int32 (as petfast.label returns)");
+  for (int a = 0; a < 3; ++a) require(out.shape[a] == labels.shape[a], "drop_components: mask and labels differ in shape");
+  require(keep.dtype == DType::UInt8 && keep.c_contiguous() && keep.shape[0] >= 1, "internal: keep table");
+  require(!labels.on_cuda() && !out.on_cuda() && !keep.on_cuda(), "internal: drop_components runs on the CPU");
+  drop_components_cpu(labels, static_cast<const uint8_t*>(keep.data), keep.shape[0] - 1, out);
 }
 
 }  // namespace petfast

@@ -87,6 +87,27 @@ def test_remove_small_matches_cc3d_dust(rng):
     assert kept.dtype == np.int16 and kept[2, 2, 2] == 7 and kept[8, 8, 8] == 0
 
 
+def test_remove_small_in_every_layout_and_dtype(rng):
+    cc3d = _cc3d()
+    mask = (rng.random((20, 21, 22)) < 0.15).astype(np.uint8)
+    expected = cc3d.dust(mask, threshold=3, connectivity=26) != 0
+    torch = pytest.importorskip("torch")
+    variants = {"Fortran": np.asfortranarray(mask), "bool": mask.astype(bool), "float x 2.5": mask * np.float32(2.5),
+                "big-endian": mask.astype(">i2"), "strided": np.repeat(mask, 2, axis=1)[:, ::2],
+                "torch": torch.from_numpy(mask), "torch bool, permuted": torch.from_numpy(mask).bool().permute(2, 0, 1)}
+    for name, x in variants.items():
+        out = petfast.remove_small(x, min_voxels=3)
+        assert type(out) is type(x) and out.shape == x.shape, name
+        got = out.numpy() if torch.is_tensor(out) else out
+        got = got.transpose(1, 2, 0) if "permuted" in name else got
+        np.testing.assert_array_equal(got != 0, expected, err_msg=name)
+        kept_values = np.asarray(x.permute(1, 2, 0) if "permuted" in name else x)[expected]
+        np.testing.assert_array_equal(got[expected], kept_values, err_msg=name)  # values kept, not binarised
+    frozen = mask.copy()
+    frozen.flags.writeable = False
+    assert np.array_equal(petfast.remove_small(frozen, min_voxels=3) != 0, expected)  # the input is only read
+
+
 def test_hand_computed_metrics():
     gt = np.zeros((20, 20, 20), np.uint8)
     pred = np.zeros_like(gt)

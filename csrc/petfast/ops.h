@@ -48,6 +48,8 @@ PF_HOST_DEVICE inline void init_stats_row(int64_t l, double* acc, int32_t* box) 
   }
 }
 void component_stats_cpu(const Volume& labels, const Volume* image, int64_t count, double* acc, int32_t* box);
+// out[v] = 0 where 1 <= labels[v] <= count and keep[labels[v]] is 0 (remove_small's last pass).
+void drop_components_cpu(const Volume& labels, const uint8_t* keep, int64_t count, const Volume& out);
 
 // Sliding-window tiles. gather: dst (B, C, d, h, w) = src (C, D, H, W) at each origin, `pad` outside
 // the image; dst is float32 or src's dtype. accumulate: acc (C, D, H, W) += tile x weight_map and

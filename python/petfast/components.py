@@ -22,17 +22,18 @@ from . import _C, _arrays
 _CONNECTIVITIES = (6, 18, 26)
 
 
-def _mask(mask, name="mask") -> _arrays.Array:
-    if _arrays._is_torch(mask):
+def _bool_as_uint8(x):
+    """x, with a bool array or tensor viewed as uint8 (the kernels read bytes)."""
+    if _arrays._is_torch(x):
         import torch
 
-        if mask.dtype == torch.bool:
-            mask = mask.view(torch.uint8)
-    else:
-        mask = np.asanyarray(mask)
-        if mask.dtype == np.bool_:
-            mask = mask.view(np.uint8)
-    a = _arrays.adapt(mask, name)
+        return x.view(torch.uint8) if x.dtype == torch.bool else x
+    x = np.asanyarray(x)
+    return x.view(np.uint8) if x.dtype == np.bool_ else x
+
+
+def _mask(mask, name="mask") -> _arrays.Array:
+    a = _arrays.adapt(_bool_as_uint8(mask), name)
     if a.ndim != 3:
         raise ValueError(f"{name} must be a 3-D volume indexed (i, j, k), got shape {a.shape}")
     if min(a.shape) == 0:
@@ -205,11 +206,20 @@ def remove_small(mask, min_voxels: int | None = None, min_ml: float | None = Non
         raise ValueError(f"the size threshold must be non-negative, got {min_voxels}")
     labels, count = label(mask, connectivity)
     voxels = _stats(labels, count)["voxels"]
-    keep = np.concatenate([[False], voxels >= min_voxels])
-    if _arrays._is_torch(labels):
+    keep = np.concatenate([[True], voxels >= min_voxels])
+    if _arrays._is_torch(labels) and labels.is_cuda:
         import torch
 
         keep_t = torch.from_numpy(keep).to(labels.device)
         return torch.where(keep_t[labels.long()], mask, torch.zeros((), dtype=mask.dtype, device=mask.device))
-    m = np.asanyarray(mask)
-    return np.where(keep[labels], m, np.zeros((), m.dtype))
+    # A copy of the mask in its own memory order (the labels'), the dropped components' voxels zeroed.
+    if _arrays._is_torch(mask):
+        out = mask.clone()
+    else:
+        m = np.asanyarray(mask)
+        out = np.array(m, dtype=m.dtype.newbyteorder("="), order="K")  # a native-byte-order copy
+    if not keep.all():
+        table = keep.astype(np.uint8).reshape(-1, 1, 1)
+        _C.drop_components(_labels(labels).spec(), _arrays.adapt(table, "keep").spec(),
+                           _arrays.adapt_inplace(_bool_as_uint8(out), "out").spec())
+    return out
