@@ -38,13 +38,18 @@ def _mask(mask, name="mask") -> _arrays.Array:
         raise ValueError(f"{name} must be a 3-D volume indexed (i, j, k), got shape {a.shape}")
     if min(a.shape) == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
-    if a.dtype.kind == "f" and bool(_isnan(a.obj).any()):  # NaN != NaN: each NaN voxel would be a component
+    if a.dtype.kind == "f" and any(map(math.isnan, _extremes(a.obj))):  # NaN != NaN: each would be a component
         raise ValueError(f"{name} contains NaN values")
     return a
 
 
-def _isnan(x):
-    return x.isnan() if _arrays._is_torch(x) else np.isnan(x)
+def _extremes(x) -> tuple[float, float]:
+    """(min, max) of a numpy array or torch tensor (NaN when it holds one): one reduction each."""
+    if _arrays._is_torch(x):
+        import torch
+
+        return tuple(float(v) for v in torch.aminmax(x))
+    return float(x.min()), float(x.max())
 
 
 def label(mask, connectivity: int = 26):
@@ -85,7 +90,7 @@ def _binary_mask(x, name):
 
         if x.dtype == torch.bool:
             return x.view(torch.uint8)
-        lo, hi = (float(v) for v in torch.aminmax(x))
+        lo, hi = _extremes(x)
         uint8 = x.dtype == torch.uint8
     else:
         x = np.asanyarray(x)
@@ -95,7 +100,7 @@ def _binary_mask(x, name):
             return x.view(np.uint8)
         if x.dtype.kind not in "iuf":
             raise TypeError(f"{name} must be a bool or numeric mask, got dtype {x.dtype}")
-        lo, hi = 0.0 if x.dtype.kind == "u" else float(x.min()), float(x.max())
+        lo, hi = (0.0, float(x.max())) if x.dtype.kind == "u" else _extremes(x)
         uint8 = x.dtype == np.uint8
     if math.isnan(lo) or math.isnan(hi):
         raise ValueError(f"{name} contains NaN values")
@@ -182,8 +187,7 @@ def _to_numpy(x) -> np.ndarray:
 
 def _count(lab: _arrays.Array) -> int:
     """The largest label; negative labels are an error (the op would skip them silently)."""
-    x = lab.obj
-    lo, hi = (int(v) for v in (x.aminmax() if _arrays._is_torch(x) else (x.min(), x.max())))
+    lo, hi = (int(v) for v in _extremes(lab.obj))
     if lo < 0:
         raise ValueError(f"labels must be non-negative (0 background, 1..N components), got {lo}")
     return hi
