@@ -138,6 +138,14 @@ def _adapt_torch(t, name: str) -> Array:
                  t.data_ptr(), device)
 
 
+def c_order_on_cuda(a: Array) -> Array:
+    """``a``, or for a non-contiguous CUDA tensor a C-ordered copy: the CUDA kernels walk (i, j, k)
+    raster order, and a Fortran-ordered tensor (NIfTI data moved to the GPU as it is) would have each
+    warp read 32 scattered sectors, where one contiguous copy costs a single pass. The CPU kernels
+    walk any layout in its memory order."""
+    return adapt(a.obj.contiguous(), "contiguous copy") if a.on_cuda and not a.obj.is_contiguous() else a
+
+
 def shape3(values, name: str) -> tuple[int, int, int]:
     """``values`` as 3 positive ints (a shape or patch size); whole-number floats are accepted."""
     try:

@@ -43,13 +43,6 @@ def _mask(mask, name="mask") -> _arrays.Array:
     return a
 
 
-def _coalesced(a: _arrays.Array) -> _arrays.Array:
-    """A CUDA volume in C order: the GPU kernels walk (i, j, k) raster order, and a Fortran-ordered
-    tensor (NIfTI data moved to the GPU as it is) would have each warp read 32 scattered sectors
-    where one contiguous copy costs a single pass. CPU kernels walk any layout in memory order."""
-    return _arrays.adapt(a.obj.contiguous(), "contiguous copy") if a.on_cuda and not a.obj.is_contiguous() else a
-
-
 def _extremes(x) -> tuple[float, float]:
     """(min, max) of a numpy array or torch tensor (NaN when it holds one): one reduction each."""
     if _arrays._is_torch(x):
@@ -74,7 +67,7 @@ def label(mask, connectivity: int = 26):
     (labels, count): int32 labels 1..count (0 background) of the input's kind and device, and the
     number of components.
     """
-    src = _coalesced(_mask(mask))
+    src = _arrays.c_order_on_cuda(_mask(mask))
     if connectivity not in _CONNECTIVITIES:
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
     if np.prod(src.shape, dtype=np.int64) >= 2**31 - 1:
@@ -161,11 +154,11 @@ def component_stats(labels, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentSta
 
 def _stats(labels, count, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats:
     """component_stats with the label count known (as label() returns it), saving a pass."""
-    lab = _coalesced(_labels(labels))
+    lab = _arrays.c_order_on_cuda(_labels(labels))
     sp = _spacing(spacing)
     img = None
     if image is not None:
-        img = _coalesced(_arrays.adapt(image, "image"))
+        img = _arrays.c_order_on_cuda(_arrays.adapt(image, "image"))
         if img.shape != lab.shape:
             raise ValueError(f"image shape {img.shape} differs from labels shape {lab.shape}")
         if img.device != lab.device:

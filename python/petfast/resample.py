@@ -130,7 +130,7 @@ def resample(image, src_affine, dst_shape, dst_affine, order: int = 1, fill: flo
     affines, an unknown order or a fill that does not fit; a ValueError that is also a
     MemoryError when the output does not fit in memory.
     """
-    src = _arrays.adapt(image, "image")
+    src = _arrays.c_order_on_cuda(_arrays.adapt(image, "image"))
     if src.ndim != 3:
         raise ValueError(f"image must be a 3-D volume indexed (i, j, k), got shape {src.shape}; "
                          "resample each channel of a 4-D image separately")
