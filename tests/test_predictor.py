@@ -423,6 +423,9 @@ def test_bad_cases(model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no cases"):
         pred.predict_files(tmp_path / "out", tmp_path / "out2", progress=False)
     (tmp_path / "root" / "imagesTs").mkdir(parents=True)
+    write_nnunet_case(tmp_path / "in2", "case1", img)
+    (tmp_path / "in2" / "stray_0000.nii.gz").mkdir()  # a folder named like a channel file is not a case
+    assert [c.id for c in pred.find_cases(tmp_path / "in2")] == ["case1"]
     with pytest.raises(FileNotFoundError, match="dataset root.* in imagesTs"):
         pred.predict_files(tmp_path / "root", tmp_path / "out2", progress=False)
     with pytest.raises(ValueError, match="the output is a folder"):

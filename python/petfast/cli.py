@@ -249,7 +249,8 @@ def _predict(args) -> int:
     if len(rows) < total:
         print(f"{total - len(rows)} case(s) skipped: their outputs exist (--continue)")
     stages = ("read_wait", "preprocess", "network", "export", "total")
-    print(f"{'case':32s} {'shape':>13s} " + " ".join(f"{s:>10s}" for s in stages))
+    if rows:
+        print(f"{'case':32s} {'shape':>13s} " + " ".join(f"{s:>10s}" for s in stages))
     for r in rows:
         print(f"{r['case'][:32]:32s} {r['shape']:>13s} " + " ".join(f"{r[s]:10.2f}" for s in stages))
     wall = time.perf_counter() - t0

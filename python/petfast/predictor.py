@@ -421,7 +421,7 @@ class Predictor:
         ending = self.dataset_json.get("file_ending", ".nii.gz")
         if (folder / "SUV.nii.gz").is_file():
             return [self._study_case(folder)]
-        ids = sorted(p.name[:-len("_0000" + ending)] for p in folder.glob(f"*_0000{ending}"))
+        ids = sorted(p.name[:-len("_0000" + ending)] for p in folder.glob(f"*_0000{ending}") if p.is_file())
         if ids:
             cases = []
             for cid in ids:
