@@ -169,6 +169,20 @@ def test_gpu_petfast_label(benchmark, record, gpu_masks, case, connectivity):
 
 
 @cuda
+def test_gpu_petfast_label_fortran_tensor(benchmark, record, gpu_masks):
+    """A Fortran-ordered tensor (NIfTI data moved to the GPU as it is): petfast labels a C-ordered
+    copy. In the same group as the C-ordered run and cupyx, so the copy's cost shows."""
+    import torch
+
+    x = torch.from_numpy(np.asfortranarray(gpu_masks["sparse"])).cuda()
+    run = lambda: petfast.label(x, 26)  # noqa: E731
+    run()
+    benchmark.group = "label26-gpu-sparse"
+    benchmark(run)
+    record(benchmark.group, "petfast, Fortran-ordered tensor")
+
+
+@cuda
 @pytest.mark.parametrize("case,connectivity", GPU_CASES)
 def test_gpu_cupyx_label(benchmark, record, gpu_masks, case, connectivity):
     cp = pytest.importorskip("cupy")
