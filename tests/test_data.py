@@ -66,6 +66,13 @@ def test_check_reports_each_problem(dataset, tmp_path, capsys):
     pet = io.load(broken / "imagesTr" / f"{ids[2]}_0001.nii.gz")
     io.save(broken / "imagesTr" / f"{ids[2]}_0001.nii.gz", pet.data[:-1], pet.affine, overwrite=True)  # grid
     (broken / "imagesTr" / f"{ids[3]}_0000.nii.gz").write_bytes(b"\x1f\x8b garbage")  # unreadable
+    lab = io.load(broken / "labelsTr" / f"{ids[2]}.nii.gz")
+    io.save(broken / "labelsTr" / f"{ids[2]}.nii.gz", np.asarray(lab.data, np.float32) * 0.5, lab.affine,
+            overwrite=True)  # probabilities, not labels
+    pet = io.load(broken / "imagesTr" / f"{ids[5]}_0001.nii.gz")
+    nan_pet = np.asarray(pet.data).copy()
+    nan_pet[1, 2, 3] = np.nan
+    io.save(broken / "imagesTr" / f"{ids[5]}_0001.nii.gz", nan_pet, pet.affine, overwrite=True)
     splits = json.loads((broken / "splits_final.json").read_text())
     for s in splits:
         for key in ("train", "val"):
@@ -78,6 +85,8 @@ def test_check_reports_each_problem(dataset, tmp_path, capsys):
     assert f"{ids[2]}: grid mismatch" in text
     assert f"{ids[3]}: unreadable" in text
     assert f"{ids[4]}: not in any fold" in text
+    assert f"{ids[2]}: label values are not whole numbers (e.g. 0.5)" in text
+    assert f"{ids[5]}: {ids[5]}_0001.nii.gz contains NaN or infinite values" in text
     assert main(["check", str(broken), "--quiet"]) == 1
     assert len(capsys.readouterr().out.strip().splitlines()) == len(problems)
 

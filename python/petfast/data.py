@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,16 +173,23 @@ def _check_case(case: Case, allowed: set) -> list[str]:
             problems.append(f"{case.id}: missing channel {p.name}")
             continue
         try:
-            loaded.append((p, io.load(p)))
+            img = io.load(p)
         except (ValueError, OSError) as e:
             problems.append(f"{case.id}: unreadable {p.name}: {e}")
+            continue
+        loaded.append((p, img))
+        if img.data.dtype.kind == "f" and not all(math.isfinite(v) for v in (img.data.min(), img.data.max())):
+            problems.append(f"{case.id}: {p.name} contains NaN or infinite values")
     if case.label is None:
         problems.append(f"{case.id}: missing label labelsTr/{case.id}.nii.gz")
     else:
         try:
             lab = io.load(case.label)
-            values = set(np.unique(lab.data).astype(int).tolist())
-            if not values <= allowed:
+            unique = np.unique(lab.data)
+            values = set(unique.astype(int).tolist())
+            if unique.dtype.kind == "f" and not np.array_equal(unique, np.round(unique)):
+                problems.append(f"{case.id}: label values are not whole numbers (e.g. {unique[unique != np.round(unique)][0]:g})")
+            elif not values <= allowed:
                 problems.append(f"{case.id}: label values {sorted(values - allowed)} are not in dataset.json labels {sorted(allowed)}")
             loaded.append((case.label, lab))
         except (ValueError, OSError) as e:
