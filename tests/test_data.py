@@ -143,3 +143,5 @@ def test_bad_datasets(tmp_path):
     assert not (tmp_path / "x").exists()  # bad arguments write nothing
     with pytest.raises(ValueError, match="case id"):
         data.parse_case_id("nounderscore")
+    with pytest.raises(KeyError, match="'nope' is not a case of"):
+        data.Dataset(tmp_path / "d").load("nope")

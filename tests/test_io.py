@@ -97,6 +97,8 @@ def test_no_overwrite_unless_asked_and_atomic(tmp_path):
     io.save(path, np.ones((3, 3, 3), np.uint8), las(), overwrite=True)
     assert io.load(path).data.min() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]  # no temporary files left
+    with pytest.raises(TypeError, match="like must be"):
+        io.save(tmp_path / "c.nii.gz", np.zeros((3, 3, 3), np.uint8), like=str(path))  # a path is not a header
     with pytest.raises(FileNotFoundError, match="folder .*absent does not exist"):
         io.save(tmp_path / "absent" / "b.nii.gz", np.zeros((3, 3, 3), np.uint8), las())
 

@@ -116,6 +116,8 @@ class Dataset:
 
     def load(self, case_id: str) -> StudyArrays:
         """CT, PET and label of a case; ValueError naming the file when grids or labels disagree."""
+        if case_id not in self.cases:
+            raise KeyError(f"{case_id!r} is not a case of {self.root} ({len(self.cases)} cases in imagesTr)")
         case = self.cases[case_id]
         ct = io.load(case.images[0])
         pet = io.load(case.images[1])

@@ -243,6 +243,8 @@ def save(path, data, affine=None, *, like=None, overwrite: bool = False) -> Path
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
     header = like.header if isinstance(like, NiftiImage) else like
+    if header is not None and not hasattr(header, "get_best_affine"):
+        raise TypeError(f"like must be a petfast.io.load result or a nibabel NIfTI header, got {type(like).__name__}")
     if affine is None:
         if like is None:
             raise ValueError("save needs an affine (or like= an image whose affine to use)")
