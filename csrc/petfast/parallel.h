@@ -4,9 +4,14 @@
 #pragma once
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <memory>
+#include <mutex>
+#include <system_error>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 // Hot loops that vectorise are compiled for AVX2 and AVX-512 as well and picked at load time by the
@@ -25,6 +30,12 @@ void set_num_threads(int n);
 
 // Calls fn(begin, end) over [0, n) in chunks of at least `grain` items, on up to get_num_threads()
 // threads (the caller's thread included). Exceptions from workers are rethrown in the caller.
+//
+// The caller returns as soon as every chunk is done, not when every worker has exited: workers are
+// detached, and one that the OS starts late (torch's OpenMP threads spin for milliseconds after each
+// of its operators unless OMP_WAIT_POLICY=PASSIVE) finds no chunk left and exits without touching
+// the caller's state. Joining them made each call wait for such a worker's time slice: the fused
+// instance norm took 3.6 ms after a convolution instead of 1.4 ms.
 template <typename F>
 void parallel_for(int64_t n, int64_t grain, F&& fn) {
   if (n <= 0) return;
@@ -34,25 +45,47 @@ void parallel_for(int64_t n, int64_t grain, F&& fn) {
     return;
   }
   // Several chunks per thread so that uneven rows (e.g. rows that fall outside the FOV) balance.
-  const int64_t chunks = std::min<int64_t>(n, threads * 8);
-  std::atomic<int64_t> next{0};
-  std::exception_ptr error;
-  std::atomic<bool> failed{false};
-  auto worker = [&]() {
-    try {
-      for (int64_t c; !failed.load(std::memory_order_relaxed) && (c = next.fetch_add(1)) < chunks;) {
-        fn(n * c / chunks, n * (c + 1) / chunks);
+  struct State {
+    int64_t n = 0, chunks = 0;
+    std::atomic<int64_t> next{0};
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;
+    std::mutex m;
+    std::condition_variable cv;
+    int64_t done = 0;  // chunks finished, under m
+  };
+  auto st = std::make_shared<State>();
+  st->n = n;
+  st->chunks = std::min<int64_t>(n, threads * 8);
+  // Runs chunks until none is left; `body` is dereferenced only for a chunk this thread claimed,
+  // and the caller cannot return before that chunk is counted as done.
+  auto work = [](State& s, std::remove_reference_t<F>* body) {
+    int64_t finished = 0;
+    for (int64_t c; (c = s.next.fetch_add(1)) < s.chunks; ++finished) {
+      if (s.failed.load(std::memory_order_relaxed)) continue;
+      try {
+        (*body)(s.n * c / s.chunks, s.n * (c + 1) / s.chunks);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(s.m);
+        if (!s.failed.exchange(true)) s.error = std::current_exception();
       }
-    } catch (...) {
-      if (!failed.exchange(true)) error = std::current_exception();
+    }
+    if (finished) {
+      std::lock_guard<std::mutex> lock(s.m);
+      s.done += finished;
+      if (s.done == s.chunks) s.cv.notify_all();
     }
   };
-  std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& t : pool) t.join();
-  if (error) std::rethrow_exception(error);
+  std::remove_reference_t<F>* body = &fn;
+  try {
+    for (int64_t t = 1; t < threads; ++t) std::thread([st, body, work] { work(*st, body); }).detach();
+  } catch (const std::system_error&) {
+    // No more threads to be had: the ones started and this one share the chunks.
+  }
+  work(*st, body);
+  std::unique_lock<std::mutex> lock(st->m);
+  st->cv.wait(lock, [&] { return st->done == st->chunks; });
+  if (st->error) std::rethrow_exception(st->error);
 }
 
 }  // namespace petfast
