@@ -326,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "challenge does (18-connected components; Dice and FNV are NaN for studies "
                                    "without lesions and skipped in the means; FPV counts everywhere). Files are "
                                    "matched by name; the voxel volume comes from the ground truth's header.")
-    s.add_argument("--gt", required=True, metavar="DIR", help="ground-truth masks (<case>.nii.gz)")
-    s.add_argument("--pred", required=True, metavar="DIR", help="predicted masks with the same file names")
+    s.add_argument("--gt", required=True, metavar="DIR", help="ground-truth masks (<case>.nii.gz, binary: 0 and 1)")
+    s.add_argument("--pred", required=True, metavar="DIR", help="predicted masks with the same file names (binary; threshold probability maps first)")
     s.add_argument("--pet", metavar="DIR", help="PET in SUV (<case>_0001.nii.gz or <case>.nii.gz): adds MTV, TLG, "
                                                "SUVmax and Dmax of the predicted and true lesions")
     s.add_argument("--out", required=True, metavar="FILE", help="results.csv (per case + MEAN/MEDIAN rows) or .json")
