@@ -43,6 +43,12 @@ def _mask(mask, name="mask") -> _arrays.Array:
     return a
 
 
+def _finite(x) -> bool:
+    """No NaN or infinity in ``x`` (numpy or torch): they show in its extremes, so two reductions and
+    no boolean volume as isfinite() would make."""
+    return all(map(math.isfinite, _extremes(x)))
+
+
 def _extremes(x) -> tuple[float, float]:
     """(min, max) of a numpy array or torch tensor (NaN when it holds one): one reduction each."""
     if _arrays._is_torch(x):

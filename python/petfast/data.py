@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import io
+from .components import _finite
 
 CHANNELS = {"0": "CT", "1": "PET"}
 
@@ -180,7 +180,7 @@ def _check_case(case: Case, allowed: set) -> list[str]:
             problems.append(f"{case.id}: unreadable {p.name}: {e}")
             continue
         loaded.append((p, img))
-        if img.data.dtype.kind == "f" and not all(math.isfinite(v) for v in (img.data.min(), img.data.max())):
+        if img.data.dtype.kind == "f" and not _finite(img.data):
             problems.append(f"{case.id}: {p.name} contains NaN or infinite values")
     if case.label is None:
         problems.append(f"{case.id}: missing label labelsTr/{case.id}.nii.gz")
@@ -189,8 +189,9 @@ def _check_case(case: Case, allowed: set) -> list[str]:
             lab = io.load(case.label)
             unique = np.unique(lab.data)
             values = set(unique.astype(int).tolist())
-            if unique.dtype.kind == "f" and not np.array_equal(unique, np.round(unique)):
-                problems.append(f"{case.id}: label values are not whole numbers (e.g. {unique[unique != np.round(unique)][0]:g})")
+            fractional = unique[unique != np.round(unique)]
+            if fractional.size:
+                problems.append(f"{case.id}: label values are not whole numbers (e.g. {fractional[0]:g})")
             elif not values <= allowed:
                 problems.append(f"{case.id}: label values {sorted(values - allowed)} are not in dataset.json labels {sorted(allowed)}")
             loaded.append((case.label, lab))

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from . import _arrays, io
+from .components import _finite, _spacing
 from .nnunet import preprocess as pre
 from .nnunet.model_folder import CHECKPOINT, available_folds, fold_name, load_checkpoint
 from .nnunet.networks import build_network
@@ -323,10 +324,8 @@ class Predictor:
             a = _affine(affine, "affine")
             sp = np.linalg.norm(a[:3, :3], axis=0)
         else:
-            sp = np.asarray(spacing, np.float64).reshape(-1)
-        if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-            raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {spacing!r}")
-        return tuple(float(s) for s in sp)
+            sp = spacing
+        return tuple(float(s) for s in _spacing(sp))
 
     def _check_resampled_size(self, channels: int, shape, target, sp) -> None:
         """A clear error, before allocating, when the model's spacing would blow the image up beyond the
@@ -348,8 +347,7 @@ class Predictor:
         for c, ch in enumerate(channels):
             x = ch.to(self.device, non_blocking=True).permute(2, 1, 0).permute(*t)  # (i,j,k) -> (z,y,x) -> plans' order
             full[c].copy_(x)
-            # NaN and infinities show in the extremes: one reduction, without isfinite's boolean volume.
-            if x.dtype.is_floating_point and not all(map(math.isfinite, torch.aminmax(full[c]))):
+            if x.dtype.is_floating_point and not _finite(full[c]):  # contiguous here: faster
                 raise ValueError(f"channel {c} ({self.channel_names[c]}) contains NaN or infinite values")
         sp = tuple(sp_ijk[::-1][a] for a in t)
         box = pre.nonzero_bbox(full)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .components import _binary_mask, _extremes, _stats, _to_numpy, label
+from .components import _binary_mask, _finite, _spacing, _stats, _to_numpy, label
 
 LESION_COLUMNS = ("lesion", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg", "voxels", "centroid_mm",
                   "hottest_voxel")
@@ -42,11 +42,9 @@ def lesions(pet_suv, mask, spacing) -> dict:
     m = _to_numpy(_binary_mask(mask, "mask"))
     if pet.shape != m.shape or pet.ndim != 3:
         raise ValueError(f"pet_suv {pet.shape} and mask {m.shape} must be 3-D volumes of one shape")
-    if pet.dtype.kind == "f" and not all(map(math.isfinite, _extremes(pet))):  # NaN and inf show in the extremes
+    if pet.dtype.kind == "f" and not _finite(pet):
         raise ValueError("pet_suv contains NaN or infinite values")
-    sp = np.asarray(spacing, np.float64).reshape(-1)
-    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {spacing!r}")
+    sp = _spacing(spacing)
     labels, count = label(m, 18)
     st = _stats(labels, count, pet, sp)
     rows = []
