@@ -22,19 +22,15 @@ import numpy as np
 from . import _C, _arrays
 
 
-def _patch(patch_size, name="patch_size") -> tuple:
-    return _arrays.shape3(patch_size, name)
-
-
 def padded_shape(image_shape, patch_size) -> tuple:
     """The image shape after padding to at least the patch size."""
-    return tuple(max(s, p) for s, p in zip(_patch(image_shape, "image_shape"), _patch(patch_size)))
+    return tuple(max(s, p) for s, p in zip(_arrays.shape3(image_shape, "image_shape"), _arrays.shape3(patch_size, "patch_size")))
 
 
 def tile_steps(image_shape, patch_size, step: float = 0.5) -> list[list[int]]:
     """Tile start positions per axis, identical to nnU-Net's ``compute_steps_for_sliding_window``
     on the image padded to at least ``patch_size`` (see :func:`padded_shape`)."""
-    patch = _patch(patch_size)
+    patch = _arrays.shape3(patch_size, "patch_size")
     if not 0 < step <= 1:
         raise ValueError(f"step must be in (0, 1], got {step}")
     shape = padded_shape(image_shape, patch)
@@ -55,7 +51,7 @@ def pad_amounts(image_shape, patch_size) -> list[tuple[int, int]]:
     """(before, after) padding per axis that brings the image to at least the patch size, split as
     nnU-Net's ``pad_nd_image`` splits it."""
     out = []
-    for size, p in zip(image_shape, _patch(patch_size)):
+    for size, p in zip(image_shape, _arrays.shape3(patch_size, "patch_size")):
         diff = max(p - int(size), 0)
         out.append((diff // 2, diff // 2 + diff % 2))
     return out
@@ -64,7 +60,7 @@ def pad_amounts(image_shape, patch_size) -> list[tuple[int, int]]:
 def gaussian_importance_map(patch_size, sigma_scale: float = 1.0 / 8, value_scaling_factor: float = 10.0,
                             dtype=np.float32) -> np.ndarray:
     """nnU-Net's Gaussian importance map (``compute_gaussian``) as a numpy array of ``dtype``."""
-    patch = _patch(patch_size)
+    patch = _arrays.shape3(patch_size, "patch_size")
     if not (sigma_scale > 0 and value_scaling_factor > 0):
         raise ValueError(f"sigma_scale and value_scaling_factor must be positive, got {sigma_scale}, "
                          f"{value_scaling_factor}")
@@ -121,7 +117,7 @@ def gather_tiles(volume, origins, patch_size, pad: float = 0.0, dtype=np.float32
     ``dtype`` (float32 or the volume's dtype), ``pad`` where a tile reaches outside the volume
     (training patches may). Same kind and device as the volume."""
     src = _view4(volume, "volume")
-    patch = _patch(patch_size)
+    patch = _arrays.shape3(patch_size, "patch_size")
     origins = _origins(origins)
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float32), src.dtype):
@@ -170,7 +166,7 @@ def sliding_window(volume, predict, patch_size, num_outputs: int, step: float = 
     weight-normalised logits (num_outputs, D, H, W) too, both cropped back to the input's shape.
     """
     src = _view4(volume, "volume")
-    patch = _patch(patch_size)
+    patch = _arrays.shape3(patch_size, "patch_size")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     pads = pad_amounts(src.shape[1:], patch)
@@ -247,7 +243,7 @@ def sample_origin(shape, patch_size, force_foreground: bool, locations: dict | N
     """One patch origin with nnU-Net's ``get_bbox`` rule: random within the padded range, or, when
     foreground is forced, centred on a random voxel of a random present class (clamped only at the
     lower bound; the patch may reach past the upper border, where it is padded)."""
-    patch = _patch(patch_size)
+    patch = _arrays.shape3(patch_size, "patch_size")
     pad = [int(max(n, p - s)) if n + s < p else int(n) for n, s, p in zip(need_to_pad, shape, patch)]
     lbs = [-(p // 2) for p in pad]
     ubs = [s + p // 2 + p % 2 - q for s, p, q in zip(shape, pad, patch)]
@@ -280,7 +276,7 @@ class PatchSampler:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0 <= oversample_foreground <= 1:
             raise ValueError(f"oversample_foreground must be in [0, 1], got {oversample_foreground}")
-        self.patch = _patch(patch_size)
+        self.patch = _arrays.shape3(patch_size, "patch_size")
         self.batch_size = batch_size
         self.oversample_foreground = oversample_foreground
         self.rng = np.random.default_rng(seed)
