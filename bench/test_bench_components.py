@@ -77,24 +77,31 @@ GPU_CASES = [(case, 26) for case in ["sparse", "blobs30", "noise50", "organs", "
     [(case, c) for case in ["sparse", "blobs30", "noise50"] for c in (6, 18)]
 
 
+# NIfTI files load Fortran-ordered: the labeller walks memory order and renumbers to raster order.
+LAYOUTS = {"C": np.ascontiguousarray, "nifti": np.asfortranarray}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_cpu_petfast_label(benchmark, record, masks, case, threads):
+def test_cpu_petfast_label(benchmark, record, masks, case, threads, layout):
+    mask = LAYOUTS[layout](masks[case])
     before = petfast.get_num_threads()
     petfast.set_num_threads(threads)
     try:
-        benchmark.group = f"label26-cpu-{case}"
-        benchmark(petfast.label, masks[case], 26)
+        benchmark.group = f"label26-cpu-{case}-{layout}"
+        benchmark(petfast.label, mask, 26)
         record(benchmark.group, f"petfast {threads} thread{'s' if threads > 1 else ''}")
     finally:
         petfast.set_num_threads(before)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CASES)
-def test_cpu_cc3d_label(benchmark, record, masks, case):
+def test_cpu_cc3d_label(benchmark, record, masks, case, layout):
     cc3d = _cc3d()
-    benchmark.group = f"label26-cpu-{case}"
-    benchmark(cc3d.connected_components, masks[case], connectivity=26)
+    benchmark.group = f"label26-cpu-{case}-{layout}"
+    benchmark(cc3d.connected_components, LAYOUTS[layout](masks[case]), connectivity=26)
     record(benchmark.group, "cc3d (1 thread)")
 
 
@@ -104,8 +111,6 @@ def _metrics_case(masks):
     pred = np.roll(gt, 2, axis=0) | (np.random.default_rng(1).random(gt.shape) < 100 / gt.size).astype(np.uint8)
     return gt, pred
 
-
-LAYOUTS = {"C": np.ascontiguousarray, "nifti": np.asfortranarray}  # NIfTI files load Fortran-ordered
 
 
 def test_cpu_petfast_remove_small(benchmark, record, masks):

@@ -401,40 +401,59 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
     const int32_t r = find_root(parent, int32_t(g));
     final_label[g] = r == int32_t(g) ? ++count : final_label[r];
   }
-  parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      // This slab's table, with 0 -> 0 so that the loop has no branch (noise would mispredict it).
-      std::vector<int32_t> f(final_label.begin() + offset[t], final_label.begin() + offset[t + 1] + 1);
-      f[0] = 0;
-      for (int64_t r = slab[t] * nb; r < slab[t + 1] * nb; ++r) {
-        if (!row_has_fg[r]) continue;
-        int32_t* orow = out + r * nc;
-        for (int64_t c = 0; c < nc; ++c) orow[c] = f[orow[c]];
+  // Each slab's table from its provisional labels to 1..N, with 0 -> 0 so that the loops below have
+  // no branch per voxel (noise would mispredict it half the time).
+  std::vector<std::vector<int32_t>> slab_label(threads);
+  for (int t = 0; t < threads; ++t) {
+    slab_label[t].assign(final_label.begin() + offset[t], final_label.begin() + offset[t + 1] + 1);
+    slab_label[t][0] = 0;
+  }
+  // Both passes below visit only rows with foreground: background rows of the output are never
+  // touched, as in step 1 (writing them would fault in every page of a sparse mask's labels).
+  auto relabel = [&] {
+    parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int32_t* f = slab_label[t].data();
+        for (int64_t r = slab[t] * nb; r < slab[t + 1] * nb; ++r) {
+          if (!row_has_fg[r]) continue;
+          int32_t* orow = out + r * nc;
+          for (int64_t c = 0; c < nc; ++c) orow[c] = f[orow[c]];
+        }
       }
-    }
-  });
-  if (order[0] == 0 && order[1] == 1 && order[2] == 2) return count;
+    });
+  };
+  if (order[0] == 0 && order[1] == 1 && order[2] == 2) {
+    relabel();
+    return count;
+  }
 
-  // 5. Renumber by the first voxel in logical (i, j, k) raster order. Both passes visit only rows
-  // with foreground: background rows of the output are never touched, as in step 1 (writing them
-  // would fault in every page of a sparse mask's labels: 10x the labelling itself).
+  // 4. The walk is not the logical (i, j, k) raster order: number the components by their first voxel
+  // in raster order instead. A read-only pass finds each one's smallest logical index, then one
+  // relabelling pass writes the composed table (walk number -> raster number).
   int64_t logical_stride[3];  // logical C-order index step of each walk axis
   const int64_t lstr[3] = {src.shape[1] * src.shape[2], src.shape[2], 1};
   for (int w = 0; w < 3; ++w) logical_stride[w] = lstr[order[w]];
+  // firsts[t][l]: the smallest logical index of component l in slab t. The logical index grows
+  // along a row, so only each label's first voxel in a row counts; seen[l] (the last row where l
+  // was met) skips the rest with a branch that is rarely taken, so well predicted, even on noise
+  // (a per-voxel min through memory there stalled on stores that alias the next voxel's load).
   std::vector<std::vector<int64_t>> firsts(threads, std::vector<int64_t>(count + 1, INT64_MAX));
   parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      auto& first = firsts[t];
-      for (int64_t a = slab[t]; a < slab[t + 1]; ++a)
-        for (int64_t b = 0; b < nb; ++b) {
-          if (!row_has_fg[a * nb + b]) continue;
-          for (int64_t c = 0; c < nc; ++c) {
-            const int32_t l = out[(a * nb + b) * nc + c];
-            if (l == 0) continue;
-            const int64_t ci = a * logical_stride[0] + b * logical_stride[1] + c * logical_stride[2];
-            if (ci < first[l]) first[l] = ci;
-          }
+      const int32_t* f = slab_label[t].data();
+      int64_t* first = firsts[t].data();
+      std::vector<int64_t> seen(count + 1, -1);
+      for (int64_t r = slab[t] * nb; r < slab[t + 1] * nb; ++r) {
+        if (!row_has_fg[r]) continue;
+        const int32_t* orow = out + r * nc;
+        const int64_t base = (r / nb) * logical_stride[0] + (r % nb) * logical_stride[1];
+        for (int64_t c = 0; c < nc; ++c) {
+          const int32_t l = f[orow[c]];
+          if (seen[l] == r) continue;
+          seen[l] = r;
+          first[l] = std::min(first[l], base + c * logical_stride[2]);
         }
+      }
     }
   });
   for (int t = 1; t < threads; ++t)
@@ -444,13 +463,9 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
   std::sort(by_first.begin(), by_first.end(), [&](int32_t p, int32_t q) { return firsts[0][p] < firsts[0][q]; });
   std::vector<int32_t> new_label(count + 1, 0);
   for (int64_t r = 0; r < count; ++r) new_label[by_first[r]] = int32_t(r + 1);
-  parallel_for(na * nb, 64, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      if (!row_has_fg[r]) continue;
-      int32_t* orow = out + r * nc;
-      for (int64_t c = 0; c < nc; ++c) orow[c] = new_label[orow[c]];
-    }
-  });
+  for (auto& f : slab_label)
+    for (int32_t& l : f) l = new_label[l];
+  relabel();
   return count;
 }
 
