@@ -271,6 +271,12 @@ def test_evaluate_cli(tmp_path, capsys):
     for r in res["cases"]:
         np.testing.assert_allclose([r["dice"], r["fp_volume_ml"], r["fn_volume_ml"]], rows[r["case"]], rtol=1e-6)
         assert r["pred_mtv_ml"] >= r["gt_mtv_ml"]
+        # evaluate labels each mask once for both tables: its numbers are quant.lesions' own.
+        pet = io.load(ds / "imagesTr" / f"{r['case']}_0001.nii.gz")
+        for who, folder in (("gt", ds / "labelsTr"), ("pred", pred_dir)):
+            study = quant.lesions(pet.data, io.load(folder / f"{r['case']}.nii.gz").data, pet.spacing)["study"]
+            for key in ("mtv_ml", "tlg", "suv_max", "dmax_mm"):
+                np.testing.assert_allclose(r[f"{who}_{key}"], study[key], rtol=1e-12, err_msg=f"{who}_{key}")
     dices = [v[0] for v in rows.values() if not math.isnan(v[0])]
     assert res["aggregate"]["dice_mean"] == pytest.approx(np.mean(dices))
     assert res["aggregate"]["dice_n"] == len(dices)
@@ -293,6 +299,19 @@ def test_evaluate_cli(tmp_path, capsys):
     assert main(["evaluate", "--gt", str(ds / "labelsTr"), "--pred", str(pred_dir), "--out", str(bad_out), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert first.name in err and "binary mask" in err and not bad_out.exists()
+    # A PET with a NaN: an error naming the PET file.
+    io.save(pred_dir / first.name, np.asarray(img.data), img.affine, overwrite=True)
+    pet_dir = tmp_path / "pet"
+    pet_dir.mkdir()
+    for p in (ds / "imagesTr").glob("*_0001.nii.gz"):
+        pet = io.load(p)
+        suv = np.asarray(pet.data, np.float32).copy()
+        suv[0, 0, 0] = np.nan
+        io.save(pet_dir / p.name, suv, pet.affine)
+    assert main(["evaluate", "--gt", str(ds / "labelsTr"), "--pred", str(pred_dir), "--pet", str(pet_dir),
+                 "--out", str(bad_out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "_0001.nii.gz" in err and "NaN" in err and not bad_out.exists()
 
 
 def _stats_nan_cases(device):

@@ -162,6 +162,7 @@ def _evaluate(args) -> int:
     import json
 
     from . import io, metrics, quant
+    from .components import _spacing, label
 
     gt_dir, pred_dir = Path(args.gt), Path(args.pred)
     for d in (gt_dir, pred_dir) + ((Path(args.pet),) if args.pet else ()):
@@ -194,17 +195,22 @@ def _evaluate(args) -> int:
 
         loaded = tqdm(loaded, total=len(cases), desc="petfast evaluate", unit="case")
     t0 = time.perf_counter()
-    for (case, (gt_path, pred_path, *_)), (gt, pred, *pet) in loaded:
+    for (case, (gt_path, pred_path, *pet_paths)), (gt, pred, *pet) in loaded:
         if gt.data.shape != pred.data.shape or not np.allclose(gt.affine, pred.affine, atol=1e-3):
             raise ValueError(f"{pred_path}: its grid differs from the ground truth's ({gt_path})")
         voxel_ml = float(np.prod(gt.spacing)) / 1000.0  # from the ground truth's header, as autoPET III
         try:
-            row = {"case": case, **metrics.autopet(gt.data, pred.data, voxel_ml)}
+            masks = metrics._masks(gt.data, pred.data)
+            suv = quant._pet(pet[0].data, gt.data.shape) if pet else None
+            spacing = _spacing(gt.spacing)
         except ValueError as e:  # name the files: "pred must be a binary mask" alone does not say which
-            raise ValueError(f"{gt_path} / {pred_path}: {e}") from None
+            raise ValueError(f"{gt_path} / {pred_path}{' / ' + str(pet_paths[0]) if pet else ''}: {e}") from None
+        # Each mask is labelled once, for the metrics and the quantification both.
+        labelled = [label(m, metrics.CONNECTIVITY) for m in masks]
+        row = {"case": case, **metrics._autopet(masks[0], labelled[0], masks[1], labelled[1], voxel_ml)}
         if pet:
-            for who, m in (("pred", pred.data), ("gt", gt.data)):
-                s = quant.lesions(pet[0].data, m, gt.spacing)["study"]
+            for who, lab in (("pred", labelled[1]), ("gt", labelled[0])):
+                s = quant._lesions(suv, lab, spacing)["study"]
                 row.update({f"{who}_mtv_ml": s["mtv_ml"], f"{who}_tlg": s["tlg"], f"{who}_suv_max": s["suv_max"],
                             f"{who}_dmax_mm": s["dmax_mm"]})
         rows.append(row)

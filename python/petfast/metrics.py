@@ -26,11 +26,12 @@ from .components import _binary_mask, _stats, label
 CONNECTIVITY = 18
 
 
-def _components_touching(mask, other):
-    """Voxel counts of the 18-connected components of `mask`, and how many voxels of each lie in `other`."""
-    labels, count = label(mask, CONNECTIVITY)
-    st = _stats(labels, count, other)
-    return st.voxels.astype(np.float64), st["sum"]
+def _masks(gt, pred):
+    """gt and pred checked as binary masks of one shape, as 0/1 uint8."""
+    g, p = _binary_mask(gt, "gt"), _binary_mask(pred, "pred")
+    if tuple(g.shape) != tuple(p.shape):
+        raise ValueError(f"gt shape {tuple(g.shape)} differs from pred shape {tuple(p.shape)}")
+    return g, p
 
 
 def autopet(gt, pred, voxel_ml: float) -> dict:
@@ -41,11 +42,20 @@ def autopet(gt, pred, voxel_ml: float) -> dict:
     multithreaded on the CPU or on the GPU."""
     if not (isinstance(voxel_ml, (int, float, np.floating)) and math.isfinite(voxel_ml) and voxel_ml > 0):
         raise ValueError(f"voxel_ml must be a positive number of ml, got {voxel_ml!r}")
-    g, p = _binary_mask(gt, "gt"), _binary_mask(pred, "pred")
-    if tuple(g.shape) != tuple(p.shape):
-        raise ValueError(f"gt shape {tuple(g.shape)} differs from pred shape {tuple(p.shape)}")
-    gt_sizes, gt_hit = _components_touching(g, p)
-    pred_sizes, pred_hit = _components_touching(p, g)
+    g, p = _masks(gt, pred)
+    return _autopet(g, label(g, CONNECTIVITY), p, label(p, CONNECTIVITY), voxel_ml)
+
+
+def _autopet(g, g_labelled, p, p_labelled, voxel_ml: float) -> dict:
+    """autopet() from checked masks (see _masks) and their (labels, count) at CONNECTIVITY, which
+    `petfast evaluate` shares with the quantification."""
+
+    def touching(labelled, other):  # each component's voxel count, and how many of them lie in `other`
+        st = _stats(*labelled, other)
+        return st.voxels.astype(np.float64), st["sum"]
+
+    gt_sizes, gt_hit = touching(g_labelled, p)
+    pred_sizes, pred_hit = touching(p_labelled, g)
     n_gt, n_pred, inter = gt_sizes.sum(), pred_sizes.sum(), gt_hit.sum()
     fn = gt_hit == 0
     fp = pred_hit == 0

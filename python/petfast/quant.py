@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from .components import _binary_mask, _finite, _spacing, _stats, _to_numpy, label
+from .metrics import CONNECTIVITY
 
 LESION_COLUMNS = ("lesion", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg", "voxels", "centroid_mm",
                   "hottest_voxel")
@@ -38,14 +39,26 @@ def lesions(pet_suv, mask, spacing) -> dict:
     in mm along (i, j, k). Returns ``{"lesions": [per-lesion dicts], "study": {...}}`` with the fields
     of the module notes; per lesion also its centroid (mm) and the index of its hottest voxel.
     """
-    pet = _to_numpy(pet_suv)
     m = _to_numpy(_binary_mask(mask, "mask"))
-    if pet.shape != m.shape or pet.ndim != 3:
-        raise ValueError(f"pet_suv {pet.shape} and mask {m.shape} must be 3-D volumes of one shape")
+    pet, sp = _pet(pet_suv, m.shape), _spacing(spacing)
+    return _lesions(pet, label(m, CONNECTIVITY), sp)
+
+
+def _pet(pet_suv, shape) -> np.ndarray:
+    """pet_suv as a numpy volume, checked against the mask's shape and for NaN or infinity."""
+    pet = _to_numpy(pet_suv)
+    if pet.shape != tuple(shape) or pet.ndim != 3:
+        raise ValueError(f"pet_suv {pet.shape} and mask {tuple(shape)} must be 3-D volumes of one shape")
     if pet.dtype.kind == "f" and not _finite(pet):
         raise ValueError("pet_suv contains NaN or infinite values")
-    sp = _spacing(spacing)
-    labels, count = label(m, 18)
+    return pet
+
+
+def _lesions(pet: np.ndarray, labelled, sp: np.ndarray) -> dict:
+    """lesions() from a checked PET (see _pet), the mask's (labels, count) at CONNECTIVITY, which
+    `petfast evaluate` shares with the metrics, and the spacing checked by _spacing."""
+    labels, count = labelled
+    labels = _to_numpy(labels)
     st = _stats(labels, count, pet, sp)
     rows = []
     for n in range(count):
