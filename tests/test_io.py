@@ -177,14 +177,16 @@ def test_loaded_arrays_feed_the_kernels(tmp_path, rng):
     np.testing.assert_array_equal(out, ref)
 
 
-def test_load_ahead_yields_each_group_in_order_and_raises_at_the_bad_one(tmp_path, rng):
+def test_load_ahead_yields_each_group_in_order_and_a_bad_one_raises_at_its_turn(tmp_path, rng):
     paths = []
     for i in range(3):
         paths.append(io.save(tmp_path / f"v{i}.nii.gz", np.full((4, 5, 6), i, np.int16), las()))
-    groups = [[paths[0], paths[1]], [paths[2]], [tmp_path / "absent.nii.gz"]]
+    groups = [[paths[0], paths[1]], [tmp_path / "absent.nii.gz"], [paths[2]]]
     it = io.load_ahead(groups)
-    assert [int(img.data[0, 0, 0]) for img in next(it)] == [0, 1]
-    assert [int(img.data[0, 0, 0]) for img in next(it)] == [2]
+    assert [int(f.result().data[0, 0, 0]) for f in next(it)] == [0, 1]
+    (bad,) = next(it)
     with pytest.raises(FileNotFoundError, match="absent"):  # read in the background, raised at its turn
-        next(it)
+        bad.result()
+    assert [int(f.result().data[0, 0, 0]) for f in next(it)] == [2]  # and the next group still comes
+    assert next(it, None) is None
     assert list(io.load_ahead([])) == []

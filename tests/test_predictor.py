@@ -334,6 +334,53 @@ def test_continue_predicts_only_the_cases_without_outputs(model_dir, tmp_path, c
             assert (tmp_path / "out" / name).read_text() == (tmp_path / "ref" / name).read_text()
 
 
+def test_a_bad_case_does_not_end_the_run(model_dir, tmp_path, capsys):
+    from petfast.cli import main
+    from petfast.predictor import CasesFailed
+
+    for i in range(4):
+        write_nnunet_case(tmp_path / "in", f"case{i}", make_case(40 + i).transpose(0, 3, 2, 1))
+    # case1: a truncated download; case2: the PET on another grid.
+    ct1 = tmp_path / "in" / "case1_0000.nii.gz"
+    ct1.write_bytes(ct1.read_bytes()[:-200])
+    pet2 = io.load(tmp_path / "in" / "case2_0001.nii.gz")
+    io.save(tmp_path / "in" / "case2_0001.nii.gz", np.asarray(pet2.data)[:-1], pet2.affine, overwrite=True)
+    pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu")
+    with pytest.warns(UserWarning, match="not predicted") as warned, pytest.raises(CasesFailed) as info:
+        pred.predict_files(tmp_path / "in", tmp_path / "out", progress=False)
+    assert [str(w.message).split(":")[0] for w in warned] == ["case1", "case2"]  # each said so at its turn
+    err = info.value
+    assert sorted(err.errors) == ["case1", "case2"] and not err.stopped
+    assert [r["case"] for r in err.rows] == ["case0", "case3"]
+    assert "2 of 4 cases failed" in str(err) and "case1_0000.nii.gz" in str(err) and "shape (39, 44, 36) differs" in str(err)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case0.nii.gz", "case3.nii.gz"]
+    # The command line reports them, exits 1, and --continue predicts just them once they are fixed.
+    args = ["predict", "-m", str(model_dir), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-tta",
+            "--device", "cpu", "--folds", "0", "--quiet", "--continue"]
+    with pytest.warns(UserWarning):
+        assert main(args) == 1
+    cap = capsys.readouterr()
+    assert "2 of 2 cases failed" in cap.err and "case1" in cap.err and "case2" in cap.err
+    assert "--continue" in cap.err and "case0" not in cap.out  # only the two without outputs were tried
+    for i in (1, 2):
+        for c, ch in enumerate(make_case(40 + i).transpose(0, 3, 2, 1)):
+            io.save(tmp_path / "in" / f"case{i}_{c:04d}.nii.gz", ch, AFFINE, overwrite=True)
+    assert main(args) == 0
+    assert len(list((tmp_path / "out").iterdir())) == 4
+
+
+def test_a_run_whose_first_cases_all_fail_stops(model_dir, tmp_path):
+    from petfast.predictor import CasesFailed
+
+    for i in range(5):
+        write_nnunet_case(tmp_path / "in", f"case{i}", make_case(50 + i).transpose(0, 3, 2, 1))
+        (tmp_path / "in" / f"case{i}_0001.nii.gz").write_bytes(b"not a NIfTI file")
+    pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu")
+    with pytest.warns(UserWarning), pytest.raises(CasesFailed, match="first 3 cases all failed") as info:
+        pred.predict_files(tmp_path / "in", tmp_path / "out", progress=False)
+    assert info.value.stopped and sorted(info.value.errors) == ["case0", "case1", "case2"]
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def test_model_folder_errors(model_dir, tmp_path):
@@ -392,6 +439,8 @@ def test_extra_heads_are_ignored_with_a_warning(model_dir, tmp_path):
 
 
 def test_bad_cases(model_dir, tmp_path):
+    from petfast.predictor import CasesFailed
+
     pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu")
     img = make_case(31).transpose(0, 3, 2, 1)
     with pytest.raises(ValueError, match=r"takes 2 channels \(CT, PET\), got 3"):
@@ -414,7 +463,7 @@ def test_bad_cases(model_dir, tmp_path):
     # Files: a PET on another grid than the CT, and a missing channel file.
     write_nnunet_case(tmp_path / "in", "case0", img)
     io.save(tmp_path / "in" / "case0_0001.nii.gz", img[1], np.diag([2.0, 2.0, 3.5, 1.0]), overwrite=True)
-    with pytest.raises(ValueError, match="case0_0001.nii.gz"):
+    with pytest.warns(UserWarning), pytest.raises(CasesFailed, match="1 of 1 cases failed.*case0_0001.nii.gz"):
         pred.predict_files(tmp_path / "in", tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "case0.nii.gz").exists()
     (tmp_path / "in" / "case0_0001.nii.gz").unlink()

@@ -195,7 +195,8 @@ def _evaluate(args) -> int:
 
         loaded = tqdm(loaded, total=len(cases), desc="petfast evaluate", unit="case")
     t0 = time.perf_counter()
-    for (case, (gt_path, pred_path, *pet_paths)), (gt, pred, *pet) in loaded:
+    for (case, (gt_path, pred_path, *pet_paths)), pending in loaded:
+        gt, pred, *pet = (f.result() for f in pending)
         if gt.data.shape != pred.data.shape or not np.allclose(gt.affine, pred.affine, atol=1e-3):
             raise ValueError(f"{pred_path}: its grid differs from the ground truth's ({gt_path})")
         voxel_ml = float(np.prod(gt.spacing)) / 1000.0  # from the ground truth's header, as autoPET III
@@ -235,7 +236,7 @@ def _evaluate(args) -> int:
 
 def _predict(args) -> int:
     import petfast
-    from .predictor import Predictor
+    from .predictor import CasesFailed, Predictor
 
     device = args.device
     if device == "cuda" and not petfast.cuda_available():
@@ -250,8 +251,13 @@ def _predict(args) -> int:
           f"{'x'.join(map(str, predictor.patch_size))}, TTA {'over axes ' + str(predictor.mirror_axes) if predictor.mirror_axes else 'off'}, "
           f"{predictor.device}, {predictor.precision} (loaded in {time.perf_counter() - t0:.1f} s)")
     total = len(predictor.find_cases(args.input))
-    rows = predictor.predict_files(args.input, args.output, probabilities=args.probabilities, lesions=args.lesions,
-                                   overwrite=args.overwrite, skip_existing=args.resume, progress=not args.quiet)
+    failed = None
+    try:
+        rows = predictor.predict_files(args.input, args.output, probabilities=args.probabilities,
+                                       lesions=args.lesions, overwrite=args.overwrite, skip_existing=args.resume,
+                                       progress=not args.quiet)
+    except CasesFailed as e:
+        rows, failed = e.rows, e
     if len(rows) < total:
         print(f"{total - len(rows)} case(s) skipped: their outputs exist (--continue)")
     stages = ("read_wait", "preprocess", "network", "export", "total")
@@ -262,6 +268,12 @@ def _predict(args) -> int:
     wall = time.perf_counter() - t0
     print(f"{len(rows)} case(s) in {wall:.1f} s ({60 * len(rows) / wall:.1f} cases/min including model loading) "
           f"-> {args.output}")
+    if failed is not None:
+        print(f"petfast predict: error: {failed}", file=sys.stderr)
+        if not failed.stopped:
+            print("  fix or remove those cases, then run the same command with --continue to predict just them",
+                  file=sys.stderr)
+        return 1
     return 0
 
 
@@ -352,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "study folders. OUTPUT gets CASE.nii.gz (uint8 labels on the input grid); with --lesions\n"
                     "CASE_lesions.csv/json (MTV, SUVmax, SUVmean, SUVpeak, TLG per lesion), with --probabilities\n"
                     "CASE_probabilities.nii.gz. Existing files are never replaced without --overwrite; --continue\n"
-                    "resumes a run that stopped, skipping the cases already written.",
+                    "resumes a run that stopped, skipping the cases already written.\n\n"
+                    "A case that cannot be predicted (corrupt file, grids that differ, NaN values, out of memory)\n"
+                    "is reported and skipped; the run goes on, lists the failed cases at the end and exits 1\n"
+                    "(fix them, then --continue). If the first 3 cases all fail, the run stops there.",
         epilog="example: petfast predict -m nnUNet_results/Dataset221_AutoPETIV/nnUNetTrainer__nnUNetPlans__3d_fullres \\\n"
                "                        -i imagesTs -o predictions --folds 0 1 2 3 4 --lesions csv")
     s.add_argument("-m", "--model", required=True, metavar="MODEL_DIR",

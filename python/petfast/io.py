@@ -206,10 +206,11 @@ def load(path, *, ndim: int | None = 3) -> NiftiImage:
 
 
 def load_ahead(groups, *, ndim: int | None = 3):
-    """For each group of paths (one case's files), yield the list of their :func:`load` results
-    while the next group is read in the background, up to 4 files at once: decompression releases
-    the GIL, so on a cohort reading hides behind the caller's work on the current case. An error
-    reading a file is raised when its group is reached."""
+    """For each group of paths (one case's files), yield a list of futures of their :func:`load`
+    results while the next group is read in the background, up to 4 files at once: decompression
+    releases the GIL, so on a cohort reading hides behind the caller's work on the current case.
+    ``future.result()`` returns the image or raises that file's read error, so that a caller can
+    skip a bad case and go on to the next."""
     groups = iter(groups)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         submit = lambda paths: [pool.submit(load, p, ndim=ndim) for p in paths]  # noqa: E731
@@ -219,7 +220,7 @@ def load_ahead(groups, *, ndim: int | None = 3):
             current = pending
             following = next(groups, None)
             pending = submit(following) if following is not None else None
-            yield [f.result() for f in current]
+            yield current
 
 
 def save(path, data, affine=None, *, like=None, overwrite: bool = False) -> Path:

@@ -97,6 +97,28 @@ class Case:
     study: Path | None = None
 
 
+
+_SETUP_FAILURES = 3  # the first this many cases all failing stops the run: the setup is wrong, not a study
+
+
+class CasesFailed(RuntimeError):
+    """Some cases of :meth:`Predictor.predict_files` could not be predicted (a corrupt or truncated
+    file, grids that differ, NaN values, running out of memory, ...). The others were predicted and
+    written; nothing was written for these. ``errors`` maps each case to its exception, ``rows``
+    holds the timings of the cases predicted, ``stopped`` says that the run ended early because its
+    first cases all failed."""
+
+    def __init__(self, errors: dict, rows: list, total: int, stopped: bool = False):
+        self.errors, self.rows, self.stopped = errors, rows, stopped
+        listed = "; ".join(f"{case}: {type(e).__name__}: {e}" for case, e in list(errors.items())[:5])
+        more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+        if stopped:
+            head = f"stopped after the first {len(errors)} cases all failed (of {total})"
+        else:
+            head = f"{len(errors)} of {total} cases failed and have no output; the other {len(rows)} were written"
+        super().__init__(f"{head}: {listed}{more}")
+
+
 class Predictor:
     """Segment whole-body PET/CT with one or several folds of an nnU-Net v2 model.
 
@@ -476,6 +498,12 @@ class Predictor:
         nnU-Net's ``--continue_prediction``): cases whose outputs all exist are skipped, and a case
         with only some of them is predicted again and they are replaced. The next case is read while
         the current one runs. Returns one row of timings (seconds) per case predicted.
+
+        A case that cannot be predicted (a corrupt file, grids that differ, NaN values, running out
+        of memory) does not end the run: it gets a warning and no output, the other cases go on,
+        and at the end :class:`CasesFailed` names every failed case and its error (``skip_existing``
+        then retries just those). When the first 3 cases all fail the run stops there: the model
+        or the input folder is wrong, not one study.
         """
         if lesions not in (None, "csv", "json"):
             raise ValueError(f"lesions must be None, 'csv' or 'json', got {lesions!r}")
@@ -503,13 +531,25 @@ class Predictor:
 
             bar = tqdm(total=len(cases), desc="predict", unit="case")
         # The next case is read while this one runs (io.load_ahead); results are written in the background.
+        failed = {}
         with concurrent.futures.ThreadPoolExecutor(1) as writer:
             writes = []
             t0 = time.perf_counter()
-            for case, images in zip(cases, io.load_ahead(c.files for c in cases)):
-                t_read = time.perf_counter() - t0
-                channels, ref = self._case_channels(case, images)
-                result = self.predict(channels, ref.affine, probabilities=probabilities)
+            for case, pending in zip(cases, io.load_ahead(c.files for c in cases)):
+                try:
+                    images = [f.result() for f in pending]
+                    t_read = time.perf_counter() - t0
+                    channels, ref = self._case_channels(case, images)
+                    result = self.predict(channels, ref.affine, probabilities=probabilities)
+                except Exception as e:  # noqa: BLE001 - one bad study must not end a cohort run
+                    failed[case.id] = e
+                    warnings.warn(f"{case.id}: not predicted: {type(e).__name__}: {e}", stacklevel=2)
+                    if not rows and len(failed) >= _SETUP_FAILURES:
+                        raise CasesFailed(failed, rows, len(cases), stopped=True) from e
+                    if bar is not None:
+                        bar.update()
+                    t0 = time.perf_counter()
+                    continue
                 mask, probs = result if probabilities else (result, None)
                 mask = mask.cpu().numpy() if _arrays._is_torch(mask) else mask
                 probs = probs.cpu().numpy() if _arrays._is_torch(probs) else probs
@@ -528,6 +568,8 @@ class Predictor:
                 w.result()  # surface write errors
         if bar is not None:
             bar.close()
+        if failed:  # the first failure's traceback comes along as the cause
+            raise CasesFailed(failed, rows, len(cases)) from next(iter(failed.values()))
         return rows
 
     def _case_channels(self, case: Case, images: list) -> tuple[list, io.NiftiImage]:
