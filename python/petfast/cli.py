@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -258,8 +259,9 @@ def _predict(args) -> int:
                                        progress=not args.quiet)
     except CasesFailed as e:
         rows, failed = e.rows, e
-    if len(rows) < total:
-        print(f"{total - len(rows)} case(s) skipped: their outputs exist (--continue)")
+    skipped = total - len(rows) - (len(failed.errors) if failed else 0)
+    if skipped and args.resume:
+        print(f"{skipped} case(s) skipped: their outputs exist (--continue)")
     stages = ("read_wait", "preprocess", "network", "export", "total")
     if rows:
         print(f"{'case':32s} {'shape':>13s} " + " ".join(f"{s:>10s}" for s in stages))
@@ -443,6 +445,22 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    with warnings.catch_warnings():
+        # Warnings as one line each, above any progress bar (tqdm.write), not as source locations.
+        warnings.showwarning = lambda message, *_, **__: _tqdm_write(f"petfast {args.command}: warning: {message}")
+        return _run(args)
+
+
+def _tqdm_write(line: str) -> None:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(line, file=sys.stderr)
+    else:
+        tqdm.write(line, file=sys.stderr)
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileExistsError, OSError) as e:
