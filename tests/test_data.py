@@ -73,6 +73,11 @@ def test_check_reports_each_problem(dataset, tmp_path, capsys):
     nan_pet = np.asarray(pet.data).copy()
     nan_pet[1, 2, 3] = np.nan
     io.save(broken / "imagesTr" / f"{ids[5]}_0001.nii.gz", nan_pet, pet.affine, overwrite=True)
+    lab = io.load(broken / "labelsTr" / f"{ids[0]}.nii.gz")
+    neg = np.asarray(lab.data, np.int16).copy()
+    neg[1, 1, 1] = -1
+    io.save(broken / "labelsTr" / f"{ids[0]}.nii.gz", neg, lab.affine, overwrite=True)  # below the range
+    (broken / "labelsTr" / f"{ids[3]}.nii.gz").unlink()  # missing label
     splits = json.loads((broken / "splits_final.json").read_text())
     for s in splits:
         for key in ("train", "val"):
@@ -87,6 +92,8 @@ def test_check_reports_each_problem(dataset, tmp_path, capsys):
     assert f"{ids[4]}: not in any fold" in text
     assert f"{ids[2]}: label values are not whole numbers (e.g. 0.5)" in text
     assert f"{ids[5]}: {ids[5]}_0001.nii.gz contains NaN or infinite values" in text
+    assert f"{ids[0]}: label values [-1]" in text and f"{ids[3]}: missing label" in text
+    assert not any(p.startswith((f"{ids[4]}:", f"{ids[5]}: label")) and "fold" not in p for p in problems)
     assert main(["check", str(broken), "--quiet"]) == 1
     assert len(capsys.readouterr().out.strip().splitlines()) == len(problems)
 

@@ -138,12 +138,15 @@ class Dataset:
         labels = self.meta.get("labels", {})
         allowed = set(int(v) for v in labels.values()) if labels else {0, 1}
         cases = list(self.cases.values())
+        # Each case's files are read while the previous case is checked, several at once.
+        present = [[p for p in (*c.images, c.label) if p is not None and p.exists()] for c in cases]
+        loaded = zip(cases, present, io.load_ahead(present))
         if progress:
             from tqdm import tqdm
 
-            cases = tqdm(cases, desc="petfast check", unit="case")
-        for case in cases:
-            problems += _check_case(case, allowed)
+            loaded = tqdm(loaded, total=len(cases), desc="petfast check", unit="case")
+        for case, paths, pending in loaded:
+            problems += _check_case(case, allowed, dict(zip(paths, pending)))
         if self.splits is None:
             problems.append(f"{self.root / 'splits_final.json'}: missing")
         else:
@@ -167,33 +170,29 @@ def _same_grid(a: io.NiftiImage, b: io.NiftiImage, pa, pb, tol=1e-3) -> None:
         raise ValueError(f"{pa}: its grid (affine) differs from {pb}'s; resample it onto the PET grid first")
 
 
-def _check_case(case: Case, allowed: set) -> list[str]:
+def _check_case(case: Case, allowed: set, reads: dict) -> list[str]:
+    """The problems of one case; ``reads`` maps each of its files that exists to a future of its
+    :func:`io.load` (see :func:`io.load_ahead`)."""
     problems = []
     loaded = []
     for p in case.images:
-        if not p.exists():
+        if p not in reads:
             problems.append(f"{case.id}: missing channel {p.name}")
             continue
         try:
-            img = io.load(p)
+            img = reads[p].result()
         except (ValueError, OSError) as e:
             problems.append(f"{case.id}: unreadable {p.name}: {e}")
             continue
         loaded.append((p, img))
         if img.data.dtype.kind == "f" and not _finite(img.data):
             problems.append(f"{case.id}: {p.name} contains NaN or infinite values")
-    if case.label is None:
+    if case.label is None or case.label not in reads:
         problems.append(f"{case.id}: missing label labelsTr/{case.id}.nii.gz")
     else:
         try:
-            lab = io.load(case.label)
-            unique = np.unique(lab.data)
-            values = set(unique.astype(int).tolist())
-            fractional = unique[unique != np.round(unique)]
-            if fractional.size:
-                problems.append(f"{case.id}: label values are not whole numbers (e.g. {fractional[0]:g})")
-            elif not values <= allowed:
-                problems.append(f"{case.id}: label values {sorted(values - allowed)} are not in dataset.json labels {sorted(allowed)}")
+            lab = reads[case.label].result()
+            problems += _label_value_problems(case.id, lab.data, allowed)
             loaded.append((case.label, lab))
         except (ValueError, OSError) as e:
             problems.append(f"{case.id}: unreadable label: {e}")
@@ -203,6 +202,23 @@ def _check_case(case: Case, allowed: set) -> list[str]:
         except ValueError as e:
             problems.append(f"{case.id}: grid mismatch: {e}")
     return problems
+
+
+def _label_value_problems(case_id: str, data: np.ndarray, allowed: set) -> list[str]:
+    # Integer labels within 0..K, when dataset.json allows exactly 0..K (autoPET: 0, 1), are proven
+    # sound by their extremes: two reductions instead of np.unique's sort of every voxel (1.4 s
+    # of the 1.5 s a whole-body case took beyond reading it).
+    if data.dtype.kind in "iub" and allowed == set(range(max(allowed) + 1)):
+        if data.size == 0 or (int(data.min()) >= 0 and int(data.max()) <= max(allowed)):
+            return []
+    unique = np.unique(data.ravel(order="K"))  # a view in memory order: no C-order copy of a NIfTI array
+    fractional = unique[unique != np.round(unique)]
+    if fractional.size:
+        return [f"{case_id}: label values are not whole numbers (e.g. {fractional[0]:g})"]
+    values = set(unique.astype(int).tolist())
+    if not values <= allowed:
+        return [f"{case_id}: label values {sorted(values - allowed)} are not in dataset.json labels {sorted(allowed)}"]
+    return []
 
 
 def load_raw_study(folder) -> StudyArrays:
