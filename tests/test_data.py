@@ -42,6 +42,28 @@ def test_case_arrays(dataset):
     assert set(np.unique(st.label)) <= {0, 1}
 
 
+def test_iter_load_gives_each_case_in_order(dataset, tmp_path):
+    ds = data.Dataset(dataset)
+    ids = sorted(ds.cases)[::-1][:3]  # not the folder's order
+    studies = list(ds.iter_load(ids))
+    assert [st.id for st in studies] == ids
+    for st in studies:
+        ref = io.load(dataset / "imagesTr" / f"{st.id}_0001.nii.gz")
+        np.testing.assert_array_equal(st.pet, ref.data)
+        np.testing.assert_array_equal(st.label, io.load(dataset / "labelsTr" / f"{st.id}.nii.gz").data)
+    with pytest.raises(KeyError, match="'nope' is not a case of"):
+        next(ds.iter_load([ids[0], "nope"]))  # every id is checked before any file is read
+    # A case whose label lies on another grid: the error names the file when that case is reached.
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    lab = io.load(broken / "labelsTr" / f"{ids[1]}.nii.gz")
+    io.save(broken / "labelsTr" / f"{ids[1]}.nii.gz", np.asarray(lab.data)[:-1], lab.affine, overwrite=True)
+    it = data.Dataset(broken).iter_load(ids)
+    assert next(it).id == ids[0]
+    with pytest.raises(ValueError, match=f"{ids[1]}.nii.gz"):
+        next(it)
+
+
 def test_same_seed_same_dataset(dataset, tmp_path):
     data.write_phantom_dataset(tmp_path / "again", cases=6, tracer="mixed", seed=7, scale=0.2)
     for p in sorted((dataset / "labelsTr").iterdir()):

@@ -115,19 +115,25 @@ class Dataset:
             return list(csv.DictReader(f))
 
     def load(self, case_id: str) -> StudyArrays:
-        """CT, PET and label of a case; ValueError naming the file when grids or labels disagree."""
-        if case_id not in self.cases:
-            raise KeyError(f"{case_id!r} is not a case of {self.root} ({len(self.cases)} cases in imagesTr)")
-        case = self.cases[case_id]
-        ct = io.load(case.images[0])
-        pet = io.load(case.images[1])
-        _same_grid(ct, pet, case.images[0], case.images[1])
-        label = None
-        if case.label is not None:
-            lab = io.load(case.label)
-            _same_grid(lab, pet, case.label, case.images[1])
-            label = lab.data
-        return StudyArrays(case_id, ct.data, pet.data, label, pet.affine, pet.spacing)
+        """CT, PET and label of a case (its files read in parallel); ValueError naming the file when
+        grids or labels disagree."""
+        return next(self.iter_load([case_id]))
+
+    def iter_load(self, case_ids):
+        """:meth:`load` of each case in turn, the next case's files read in the background while the
+        caller works on the current one (see :func:`petfast.io.load_ahead`)."""
+        case_ids = list(case_ids)
+        for cid in case_ids:
+            if cid not in self.cases:
+                raise KeyError(f"{cid!r} is not a case of {self.root} ({len(self.cases)} cases in imagesTr)")
+        groups = [(*self.cases[cid].images[:2], *((self.cases[cid].label,) if self.cases[cid].label else ()))
+                  for cid in case_ids]
+        for cid, paths, pending in zip(case_ids, groups, io.load_ahead(groups)):
+            ct, pet, *lab = (f.result() for f in pending)
+            _same_grid(ct, pet, paths[0], paths[1])
+            if lab:
+                _same_grid(lab[0], pet, paths[2], paths[1])
+            yield StudyArrays(cid, ct.data, pet.data, lab[0].data if lab else None, pet.affine, pet.spacing)
 
     def check(self, progress: bool = False) -> list[str]:
         """Every problem found, one line each (empty when the dataset is sound)."""

@@ -89,8 +89,7 @@ def fingerprint(dataset: Dataset, case_ids, seed: int = 1234) -> tuple[tuple, di
     fingerprint (up to 10000 lesion voxels per case; autoPET's values where there are no lesions)."""
     rng = np.random.default_rng(seed)
     spacings, values = [], [[], []]
-    for cid in case_ids:
-        st = dataset.load(cid)
+    for st in dataset.iter_load(case_ids):
         spacings.append(st.spacing[::-1])
         if st.label is not None and np.any(st.label):
             idx = np.flatnonzero(np.asarray(st.label).ravel(order="F"))
@@ -195,8 +194,7 @@ def _distributed() -> tuple[int, int]:
 
 def _validate(predictor, dataset: Dataset, val_ids) -> dict:
     rows = []
-    for cid in val_ids:
-        st = dataset.load(cid)
+    for st in dataset.iter_load(val_ids):
         mask = predictor.predict([st.ct, st.pet], st.affine)
         rows.append(metrics.autopet(st.label if st.label is not None else np.zeros_like(mask), mask,
                                     float(np.prod(st.spacing)) / 1000.0))
@@ -435,8 +433,8 @@ def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str
     stamps = {cid: _source_stamp(dataset, cid) for cid in ids}
     todo = [cid for cid in ids if not _cached(cache, cid, stamps[cid])]
     with torch.no_grad():
-        for cid in todo[rank::world]:
-            st = dataset.load(cid)
+        for st in dataset.iter_load(todo[rank::world]):
+            cid = st.id
             if st.label is None:
                 raise ValueError(f"{cid}: training needs labelsTr/{cid}{dataset.file_ending}")
             image, label = _preprocess_training_case(predictor, st)
