@@ -24,7 +24,8 @@ from . import _C, _arrays
 
 def padded_shape(image_shape, patch_size) -> tuple:
     """The image shape after padding to at least the patch size."""
-    return tuple(max(s, p) for s, p in zip(_arrays.shape3(image_shape, "image_shape"), _arrays.shape3(patch_size, "patch_size")))
+    image, patch = _arrays.shape3(image_shape, "image_shape"), _arrays.shape3(patch_size, "patch_size")
+    return tuple(max(s, p) for s, p in zip(image, patch))
 
 
 def tile_steps(image_shape, patch_size, step: float = 0.5) -> list[list[int]]:
