@@ -96,7 +96,8 @@ def test_structured_shapes(name, connectivity):
 
 @pytest.mark.parametrize("connectivity", [6, 18, 26])
 def test_layouts_and_threads_give_identical_labels(connectivity, rng):
-    mask = (rng.random((33, 26, 47)) < 0.4).astype(np.uint8) * rng.integers(1, 3, (33, 26, 47)).astype(np.uint8)
+    # 171k voxels: enough for 5 threads' slabs (the CPU labeller gives each thread at least 32k voxels).
+    mask = (rng.random((70, 52, 47)) < 0.4).astype(np.uint8) * rng.integers(1, 3, (70, 52, 47)).astype(np.uint8)
     expected = reference(mask, connectivity)
     variants = {"C": mask, "Fortran": np.asfortranarray(mask), "strided": np.repeat(mask, 2, axis=2)[:, :, ::2],
                 "negative": np.ascontiguousarray(mask[::-1])[::-1], "permuted": np.ascontiguousarray(mask.transpose(2, 0, 1)).transpose(1, 2, 0),
