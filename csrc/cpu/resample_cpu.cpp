@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
 #include <vector>
 
 #include "petfast/interp.h"
@@ -204,6 +205,152 @@ void resample_separable(const Volume& src, const Volume& dst, const ResampleArgs
   });
 }
 
+// Cubic, axis-aligned, when the destination axis fed by source axis 2 is the output's fastest: the
+// tensor-product sum of sample_cubic as three 1-D passes in its nesting and order (source axis 2
+// innermost, then 1, then 0, in double), so the results are bit for bit the same, with 4 + 4 + 4
+// multiply-adds per output instead of 64 + 16 + 4. Per source slice i (axis 0): its rows along axis
+// 2 are sampled (T1, rows x m2), then those rows combined along axis 1 (T2, m1 x m2); each output
+// slice combines the T2 of its 4 source slices, kept in a small per-task cache because neighbouring
+// output slices share them.
+struct CubicAxis {
+  int d = 0;                  // destination axis
+  int64_t m = 0;              // its length
+  std::vector<int64_t> idx;   // 4 source indices per destination index (mirrored at the edges)
+  std::vector<double> w;      // and their weights
+  std::vector<uint8_t> inside;
+};
+
+CubicAxis cubic_axis(const IndexMap& map, int s, int d, const Volume& src, const Volume& dst) {
+  CubicAxis ax;
+  ax.d = d;
+  ax.m = dst.shape[d];
+  ax.idx.assign(4 * ax.m, 0);
+  ax.w.assign(4 * ax.m, 0.0);
+  ax.inside.assign(ax.m, 0);
+  for (int64_t q = 0; q < ax.m; ++q) {
+    int64_t at[3] = {0, 0, 0};
+    at[d] = q;
+    double c = map_coord(map, s, at[0], at[1], at[2]);
+    ax.inside[q] = inside(c, src.shape[s]);
+    if (ax.inside[q]) cubic_support(c, src.shape[s], 1, &ax.idx[4 * q], &ax.w[4 * q]);
+  }
+  return ax;
+}
+
+bool cubic_passes_apply(const Volume& dst, const int* dst_axis_of) {
+  const int fast = dst_axis_of[2];
+  for (int d = 0; d < 3; ++d)
+    if (d != fast && dst.shape[d] > 1 && std::llabs(dst.strides[d]) < std::llabs(dst.strides[fast])) return false;
+  return true;
+}
+
+void resample_cubic_passes(const Volume& src, const Volume& dst, const ResampleArgs& a, const int* dst_axis_of) {
+  const float* in = static_cast<const float*>(src.data);
+  float* out = static_cast<float*>(dst.data);
+  CubicAxis ax[3];
+  for (int s = 0; s < 3; ++s) ax[s] = cubic_axis(a.map, s, dst_axis_of[s], src, dst);
+  const int64_t n1 = src.shape[1], m1 = ax[1].m, m2 = ax[2].m;
+  const int64_t s0 = src.strides[0], s1 = src.strides[1], s2 = src.strides[2];
+  const int64_t o0 = dst.strides[ax[0].d], o1 = dst.strides[ax[1].d], o2 = dst.strides[ax[2].d];
+  const float fill = float(a.fill);
+  parallel_for(ax[0].m, 4, [&](int64_t v_begin, int64_t v_end) {
+    struct Slice {
+      int64_t i = -1, used = 0;
+      std::vector<double> t2;
+    };
+    std::vector<Slice> cache(8);
+    std::vector<double> t1(n1 * m2);
+    int64_t clock = 0;
+    auto t2_of = [&](int64_t i) -> const double* {
+      Slice* slot = &cache[0];
+      for (Slice& c : cache) {
+        if (c.i == i) {
+          c.used = ++clock;
+          return c.t2.data();
+        }
+        if (c.used < slot->used) slot = &c;
+      }
+      // Pass 1, along source axis 2: sample_cubic's acc_z.
+      const float* plane = in + i * s0;
+      for (int64_t j = 0; j < n1; ++j) {
+        const float* row = plane + j * s1;
+        double* t = &t1[j * m2];
+        for (int64_t q = 0; q < m2; ++q) {
+          const int64_t* k = &ax[2].idx[4 * q];
+          const double* w = &ax[2].w[4 * q];
+          t[q] = w[0] * row[k[0] * s2] + w[1] * row[k[1] * s2] + w[2] * row[k[2] * s2] + w[3] * row[k[3] * s2];
+        }
+      }
+      // Pass 2, along source axis 1: acc_y, summed from 0 in the same order.
+      slot->i = i;
+      slot->used = ++clock;
+      slot->t2.assign(m1 * m2, 0.0);
+      for (int64_t u = 0; u < m1; ++u) {
+        double* t = &slot->t2[u * m2];
+        for (int b = 0; b < 4; ++b) {
+          const double wb = ax[1].w[4 * u + b];
+          const double* r = &t1[ax[1].idx[4 * u + b] * m2];
+          for (int64_t q = 0; q < m2; ++q) t[q] += wb * r[q];
+        }
+      }
+      return slot->t2.data();
+    };
+    std::vector<double> acc(m2);
+    for (int64_t v = v_begin; v < v_end; ++v) {
+      float* ov = out + v * o0;
+      if (!ax[0].inside[v]) {
+        for (int64_t u = 0; u < m1; ++u)
+          for (int64_t q = 0; q < m2; ++q) ov[u * o1 + q * o2] = fill;
+        continue;
+      }
+      const double* t2[4];
+      for (int p = 0; p < 4; ++p) t2[p] = t2_of(ax[0].idx[4 * v + p]);
+      const double* w = &ax[0].w[4 * v];
+      // Pass 3, along source axis 0: acc, summed from 0 in the same order.
+      for (int64_t u = 0; u < m1; ++u) {
+        float* o = ov + u * o1;
+        if (!ax[1].inside[u]) {
+          for (int64_t q = 0; q < m2; ++q) o[q * o2] = fill;
+          continue;
+        }
+        for (int64_t q = 0; q < m2; ++q) acc[q] = 0.0;
+        for (int p = 0; p < 4; ++p) {
+          const double* r = t2[p] + u * m2;
+          for (int64_t q = 0; q < m2; ++q) acc[q] += w[p] * r[q];
+        }
+        for (int64_t q = 0; q < m2; ++q) o[q * o2] = ax[2].inside[q] ? float(acc[q]) : fill;
+      }
+    }
+  });
+}
+
+// dst = src element by element between two layouts of one shape, in 32 x 32 tiles over the two
+// axes that are fastest in each (a transpose for C <-> Fortran), so that both sides stream.
+void copy_between_layouts(const Volume& src, const Volume& dst) {
+  auto fastest = [](const Volume& v) {
+    int f = 2;
+    for (int d = 0; d < 3; ++d)
+      if (v.shape[d] > 1 && std::llabs(v.strides[d]) < std::llabs(v.strides[f])) f = d;
+    return f;
+  };
+  const int fs = fastest(src), fd = fastest(dst) == fs ? (fs + 1) % 3 : fastest(dst);
+  const int outer = 3 - fs - fd;
+  const float* in = static_cast<const float*>(src.data);
+  float* out = static_cast<float*>(dst.data);
+  constexpr int64_t kTile = 32;
+  parallel_for(src.shape[outer], 1, [&](int64_t begin, int64_t end) {
+    for (int64_t x = begin; x < end; ++x)
+      for (int64_t a0 = 0; a0 < src.shape[fd]; a0 += kTile)
+        for (int64_t b0 = 0; b0 < src.shape[fs]; b0 += kTile) {
+          const int64_t a1 = std::min(a0 + kTile, src.shape[fd]), b1 = std::min(b0 + kTile, src.shape[fs]);
+          for (int64_t a = a0; a < a1; ++a)
+            for (int64_t b = b0; b < b1; ++b)
+              out[x * dst.strides[outer] + a * dst.strides[fd] + b * dst.strides[fs]] =
+                  in[x * src.strides[outer] + a * src.strides[fd] + b * src.strides[fs]];
+        }
+  });
+}
+
 }  // namespace
 
 void resample_cpu(const Volume& src, const Volume& dst, const ResampleArgs& a) {
@@ -216,7 +363,23 @@ void resample_cpu(const Volume& src, const Volume& dst, const ResampleArgs& a) {
     } else if (a.order == 1) {
       sep ? resample_separable<T, float, 1>(src, dst, a, dst_axis_of) : resample_rows<T, float, 1>(src, dst, a);
     } else if constexpr (std::is_same_v<T, float>) {
-      sep ? resample_separable<float, float, 3>(src, dst, a, dst_axis_of) : resample_rows<float, float, 3>(src, dst, a);
+      if (sep && cubic_passes_apply(dst, dst_axis_of)) {
+        resample_cubic_passes(src, dst, a, dst_axis_of);
+      } else if (sep) {
+        // Another output layout (Fortran order, as a NIfTI input gives): the passes into scratch laid
+        // out for them, then a tiled transpose. 2x faster than sampling into the output directly.
+        std::unique_ptr<float[]> scratch(new float[size_t(dst.size())]);
+        Volume tmp = dst;
+        tmp.data = scratch.get();
+        const int d0 = dst_axis_of[0], d1 = dst_axis_of[1], d2 = dst_axis_of[2];
+        tmp.strides[d2] = 1;
+        tmp.strides[d1] = dst.shape[d2];
+        tmp.strides[d0] = dst.shape[d2] * dst.shape[d1];
+        resample_cubic_passes(src, tmp, a, dst_axis_of);
+        copy_between_layouts(tmp, dst);
+      } else {
+        resample_rows<float, float, 3>(src, dst, a);
+      }
     } else {
       throw std::invalid_argument("order 3 samples float32 B-spline coefficients");
     }
