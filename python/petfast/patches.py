@@ -217,9 +217,8 @@ def class_locations(label, classes=None, seed: int = 1234, max_samples: int = 10
     lab = label.detach().cpu().numpy() if _arrays._is_torch(label) else np.asanyarray(label)
     if lab.ndim != 3:
         raise ValueError(f"label must be 3-D (D, H, W), got shape {lab.shape}")
-    present = np.unique(lab)
-    if classes is None:
-        classes = [int(c) for c in present if c != 0]
+    if classes is None:  # unique over the foreground only: np.unique sorts whatever it gets
+        classes = [int(c) for c in np.unique(lab[lab != 0])]
     rnd = np.random.RandomState(seed)
     wanted = np.isin(lab, np.asarray(sorted(set(int(c) for c in classes)), dtype=np.int64))
     coords = np.argwhere(wanted)

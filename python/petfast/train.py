@@ -35,6 +35,7 @@
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import math
@@ -54,7 +55,7 @@ from .nnunet import preprocess as pre
 from .nnunet.model_folder import load_checkpoint, make_dataset_json, save_checkpoint, write_model_folder
 from .nnunet.networks import build_network
 from .nnunet.plans import AUTOPET_CT_PROPERTIES, AUTOPET_PET_PROPERTIES, Plans, preset_plans
-from .patches import PatchSampler, augment, class_locations
+from .patches import PatchSampler, augment, class_locations, finalize
 
 
 @dataclass
@@ -432,7 +433,15 @@ def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str
         torch.distributed.barrier()
     stamps = {cid: _source_stamp(dataset, cid) for cid in ids}
     todo = [cid for cid in ids if not _cached(cache, cid, stamps[cid])]
-    with torch.no_grad():
+    def write(cid, arrays):
+        for path, array in zip(_cache_files(cache, cid), arrays):
+            atomic_write(path, lambda f, a=array: np.save(f, a), overwrite=True)
+        # The source stamp last: a case counts as cached once it is there and matches.
+        atomic_write(_source_file(cache, cid), lambda f, t=stamps[cid]: f.write(t.encode()), overwrite=True)
+
+    # Each case is written in the background while the next one is read and preprocessed.
+    with torch.no_grad(), concurrent.futures.ThreadPoolExecutor(1) as writer:
+        writes = []
         for st in dataset.iter_load(todo[rank::world]):
             cid = st.id
             if st.label is None:
@@ -442,10 +451,9 @@ def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str
             locations = class_locations(label)
             rows = [np.concatenate([np.full((len(v), 1), c), v], 1) for c, v in locations.items()]
             rows = np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
-            for path, array in zip(_cache_files(cache, cid), (image.cpu().numpy(), label, rows.astype(np.int64))):
-                atomic_write(path, lambda f, a=array: np.save(f, a), overwrite=True)
-            # The source stamp last: a case counts as cached once it is there and matches.
-            atomic_write(_source_file(cache, cid), lambda f, t=stamps[cid]: f.write(t.encode()), overwrite=True)
+            writes.append(writer.submit(write, cid, (image.cpu().numpy(), label, rows.astype(np.int64))))
+        for w in writes:
+            w.result()  # surface write errors
     if world > 1:
         torch.distributed.barrier()
     return len(todo)
@@ -486,5 +494,7 @@ def _preprocess_training_case(predictor, st) -> tuple[torch.Tensor, torch.Tensor
         axis = pre.separate_axis(sp, predictor.spacing)
         image = pre.resize_image(image, target, axis)
         onehot = torch.stack([lab == k for k in range(predictor.num_classes)]).float()
-        lab = pre.resize_logits(onehot, target, axis).argmax(0)  # nnU-Net: per-label linear, then the largest
+        # nnU-Net: per-label linear, then the largest (the first on ties, as torch's argmax, whose CPU
+        # reduction over the leading axis took 6 s of a whole-body case; finalize's kernel is a pass).
+        lab = finalize(pre.resize_logits(onehot, target, axis))
     return image.contiguous(), lab.to(torch.int16).contiguous()
