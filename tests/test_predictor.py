@@ -203,6 +203,15 @@ def test_step_and_batch_size_do_not_change_the_result(model_dir):
     assert np.mean(a == b) > 0.9999
 
 
+def test_cpu_batch_size_follows_the_patch(model_dir):
+    """The CPU default puts about 600k voxels through each forward call: small patches go in bigger
+    batches (per-call overhead), the default model's 48x80x80 in pairs."""
+    tiny = petfast.Predictor.from_nnunet(model_dir, device="cpu")
+    assert np.prod(tiny.patch_size) <= 32**3 and tiny.batch_size >= 16
+    assert petfast.Predictor.default(device="cpu").batch_size == 2
+    assert petfast.Predictor.from_nnunet(model_dir, device="cpu", batch_size=3).batch_size == 3
+
+
 def test_cpu_precision(model_dir, monkeypatch):
     # 'auto' on the CPU: bfloat16 where the CPU has it natively, else float32 (nnU-Net's CPU path).
     for native, expected in ((True, "bf16"), (False, "fp32")):

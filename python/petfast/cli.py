@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network precision (default auto: fp16 autocast on CUDA as nnU-Net; on the CPU bf16 where "
                         "it has AMX or AVX512-BF16, else fp32; fp32 is nnU-Net's CPU path)")
     s.add_argument("--batch-size", type=int, default=None,
-                   help="network passes per forward call, mirrored copies included (default 8 on CUDA, 2 on CPU)")
+                   help="network passes per forward call, mirrored copies included (default 8 on CUDA; on "
+                        "the CPU about 600k voxels' worth: 2 for the default model, more for small patches)")
     s.add_argument("--lesions", choices=("csv", "json"), help="also write each case's lesion table")
     s.add_argument("--probabilities", action="store_true", help="also write the softmax probabilities")
     replace = s.add_mutually_exclusive_group()
