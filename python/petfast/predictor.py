@@ -97,8 +97,7 @@ class Case:
     study: Path | None = None
 
 
-
-_CPU_VOXELS_PER_CALL = 2 * 48 * 80 * 80
+_CPU_VOXELS_PER_CALL = 2 * 48 * 80 * 80  # the CPU default batch: 2 tiles of the default model
 _SETUP_FAILURES = 3  # the first this many cases all failing stops the run: the setup is wrong, not a study
 
 

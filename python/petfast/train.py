@@ -433,6 +433,7 @@ def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str
         torch.distributed.barrier()
     stamps = {cid: _source_stamp(dataset, cid) for cid in ids}
     todo = [cid for cid in ids if not _cached(cache, cid, stamps[cid])]
+
     def write(cid, arrays):
         for path, array in zip(_cache_files(cache, cid), arrays):
             atomic_write(path, lambda f, a=array: np.save(f, a), overwrite=True)
