@@ -35,6 +35,7 @@
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import json
@@ -267,6 +268,7 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
     cache = out / "preprocessed"
     done = _preprocess_to_cache(predictor, dataset, train_ids, cache, _plans_key(plans, configuration), rank, world)
     cases, where = _load_cases(cache, train_ids, device)
+    mapped = bool(cases) and isinstance(cases[0][0], np.ndarray)  # batches cut on the CPU: prefetched
     log(f"{len(train_ids)} training cases ready in {time.perf_counter() - t0:.1f} s ({done} preprocessed, "
         f"{len(train_ids) - done} from {cache}; {where}); {len(val_ids)} validation cases; {world} process(es)")
 
@@ -318,8 +320,7 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
             from tqdm import tqdm
 
             steps = tqdm(steps, desc=f"epoch {epoch + 1}/{options.epochs}", unit="it", leave=False)
-        for _ in steps:
-            images, labels = next(sampler)
+        for _, (images, labels) in zip(steps, _epoch_batches(sampler, options.iterations, prefetch=mapped)):
             if isinstance(images, np.ndarray):  # memory-mapped cases: the batch was cut on the CPU
                 images = torch.from_numpy(images).to(device, non_blocking=True)
                 labels = torch.from_numpy(labels).to(device, non_blocking=True)
@@ -458,6 +459,25 @@ def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str
     if world > 1:
         torch.distributed.barrier()
     return len(todo)
+
+
+def _epoch_batches(sampler, n: int, prefetch: bool):
+    """The n batches of one epoch. With ``prefetch`` (memory-mapped cases, cut on the CPU) the next
+    two are cut in a background thread while the device trains on the current one; never past the
+    epoch's last, so the sampler's state at the epoch's end, which checkpoints save, is the same."""
+    if not prefetch:
+        for _ in range(n):
+            yield next(sampler)
+        return
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # one worker: the batches keep their order
+        pending = collections.deque(pool.submit(next, sampler) for _ in range(min(2, n)))
+        submitted = len(pending)
+        while pending:
+            batch = pending.popleft().result()
+            if submitted < n:
+                pending.append(pool.submit(next, sampler))
+                submitted += 1
+            yield batch
 
 
 def _fits_on(device: torch.device, nbytes: int) -> bool:
