@@ -21,7 +21,7 @@ int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volu
   // The CPU walks in the mask's memory order and the labels must be laid out in that same order;
   // the GPU walks in (i, j, k) raster order with C-contiguous labels.
   int order[3] = {0, 1, 2};
-  if (!src.on_cuda()) std::stable_sort(order, order + 3, [&](int p, int q) { return std::llabs(src.strides[p]) > std::llabs(src.strides[q]); });
+  if (!src.on_cuda()) axes_by_stride(src.strides, order);
   require(dst.strides[order[2]] == 1 && dst.strides[order[1]] == dst.shape[order[2]] &&
               dst.strides[order[0]] == dst.shape[order[1]] * dst.shape[order[2]],
           "internal: labels must be contiguous in the mask's memory order");

@@ -48,8 +48,7 @@ void accumulate(const Volume& labels, const Volume* image, int64_t count, double
 // The views with their axes in the labels' memory order (largest stride first), so that the walk
 // reads memory in order (a Fortran-ordered volume, as NIfTI files give, was read 10x slower).
 void to_memory_order(Volume& labels, Volume* image, int* order) {
-  order[0] = 0, order[1] = 1, order[2] = 2;
-  std::stable_sort(order, order + 3, [&](int p, int q) { return std::llabs(labels.strides[p]) > std::llabs(labels.strides[q]); });
+  axes_by_stride(labels.strides, order);
   for (Volume* v : {&labels, image}) {
     if (!v) continue;
     const Volume w = *v;
@@ -81,9 +80,9 @@ void component_stats_cpu(const Volume& logical_labels, const Volume* logical_ima
   for (int64_t l = 0; l <= count; ++l) init_stats_row(l, acc, box);
   Volume labels = logical_labels, image_view;
   if (logical_image) image_view = *logical_image;
-  const Volume* image = logical_image ? &image_view : nullptr;
+  Volume* image = logical_image ? &image_view : nullptr;
   int order[3];
-  to_memory_order(labels, logical_image ? &image_view : nullptr, order);
+  to_memory_order(labels, image, order);
   const int64_t n0 = labels.shape[0];
   // Private accumulators per thread when they are small next to the volume; else one thread.
   const int64_t per_thread_bytes = (count + 1) * (kStatsColumns * 8 + 24);

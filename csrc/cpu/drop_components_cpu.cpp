@@ -11,8 +11,8 @@
 namespace petfast {
 
 void drop_components_cpu(const Volume& labels, const uint8_t* keep, int64_t count, const Volume& out) {
-  int ax[3] = {0, 1, 2};  // walk axes, outer first
-  std::sort(ax, ax + 3, [&](int p, int q) { return std::llabs(labels.strides[p]) > std::llabs(labels.strides[q]); });
+  int ax[3];  // walk axes, outer first
+  axes_by_stride(labels.strides, ax);
   const int64_t n_mid = labels.shape[ax[1]], n_inner = labels.shape[ax[2]];
   const int32_t* lab = static_cast<const int32_t*>(labels.data);
   const bool unit = labels.strides[ax[2]] == 1;

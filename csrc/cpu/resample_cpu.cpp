@@ -19,8 +19,8 @@ void resample_rows(const Volume& src, const Volume& dst, const ResampleArgs& a) 
   const Tin* in = static_cast<const Tin*>(src.data);
   Tout* out = static_cast<Tout*>(dst.data);
   // Loop axes ordered by decreasing |stride| of the output; the last one is the inner loop.
-  int ax[3] = {0, 1, 2};
-  std::sort(ax, ax + 3, [&](int p, int q) { return std::llabs(dst.strides[p]) > std::llabs(dst.strides[q]); });
+  int ax[3];
+  axes_by_stride(dst.strides, ax);
   const int64_t n_mid = dst.shape[ax[1]], n_inner = dst.shape[ax[2]];
   const Tout fill = static_cast<Tout>(a.fill);
   parallel_for(dst.shape[ax[0]] * n_mid, std::max<int64_t>(1, 16384 / std::max<int64_t>(n_inner, 1)),
@@ -126,8 +126,8 @@ void resample_separable(const Volume& src, const Volume& dst, const ResampleArgs
   int src_fast = 0;
   for (int s = 1; s < 3; ++s)
     if (std::llabs(src.strides[s]) < std::llabs(src.strides[src_fast])) src_fast = s;
-  int ax[3] = {0, 1, 2};
-  std::sort(ax, ax + 3, [&](int p, int q) { return std::llabs(dst.strides[p]) > std::llabs(dst.strides[q]); });
+  int ax[3];
+  axes_by_stride(dst.strides, ax);
   std::stable_partition(ax, ax + 3, [&](int b) { return b != dst_axis_of[src_fast]; });
   AxisTable tab[3];
   int src_of_dst[3];

@@ -40,8 +40,8 @@ __global__ void resample_kernel(const Tin* __restrict__ in, Volume src, Tout* __
 
 template <typename Tin, typename Tout, int Order>
 void launch(const Volume& src, const Volume& dst, const ResampleArgs& a, cudaStream_t stream) {
-  int ax[3] = {0, 1, 2};
-  std::sort(ax, ax + 3, [&](int p, int q) { return std::llabs(dst.strides[p]) > std::llabs(dst.strides[q]); });
+  int ax[3];
+  axes_by_stride(dst.strides, ax);
   Volume loop_dst = dst;
   ResampleArgs loop_args = a;
   for (int l = 0; l < 3; ++l) {

@@ -1,7 +1,9 @@
 // A strided 3-D view of memory the Python layer owns. Kernels never allocate user-visible memory:
 // Python hands them pointers, shapes, element strides (which may be negative) and a device.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -99,6 +101,13 @@ inline int64_t first_nonzero(const T* row, int64_t c, int64_t n) {
   }
   while (c < n && row[c] == T(0)) ++c;
   return c;
+}
+
+// The 3 axes of a view from the largest |stride| to the smallest: how a walk in memory order nests
+// its loops (outermost first). Ties keep their (i, j, k) order.
+inline void axes_by_stride(const int64_t* strides, int* ax) {
+  ax[0] = 0, ax[1] = 1, ax[2] = 2;
+  std::stable_sort(ax, ax + 3, [&](int p, int q) { return std::llabs(strides[p]) > std::llabs(strides[q]); });
 }
 
 inline void require(bool ok, const std::string& what) {
