@@ -45,7 +45,16 @@ void resample(const Volume& src, const Volume& dst, const ResampleArgs& a, uintp
 void bspline_prefilter(const Volume& src, const Volume& coef, uintptr_t stream) {
   check_volume(src, "source");
   check_same_device(src, coef);
-  check_scratch(coef, src, "coefficients");
+  require(coef.dtype == DType::Float32 && coef.c_contiguous(), "coefficients must be a C-contiguous float32 buffer");
+  for (int a = 0; a < 3; ++a) {
+    const int64_t extra = coef.shape[a] - src.shape[a];
+    require(extra >= 0 && extra % 2 == 0, "coefficients must have the source's shape plus an even padding per axis");
+  }
+  if (src.data == coef.data) {
+    for (int a = 0; a < 3; ++a)
+      require(coef.shape[a] == src.shape[a] && coef.strides[a] == src.strides[a],
+              "in place, the coefficients must be the source itself (no padding)");
+  }
   if (src.on_cuda()) {
 #ifdef PETFAST_WITH_CUDA
     bspline_prefilter_cuda(src, coef, stream);

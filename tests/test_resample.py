@@ -274,6 +274,41 @@ def test_thread_count_does_not_change_results(rng):
             np.testing.assert_array_equal(a, b)
 
 
+def _prefilter(image, pad=(0, 0, 0)):
+    """petfast's B-spline coefficients of ``image`` edge-padded by ``pad`` voxels per axis."""
+    src = _arrays.adapt(image, "image")
+    coef = _arrays.empty(src, [n + 2 * p for n, p in zip(image.shape, pad)], np.float32, axis_order=(0, 1, 2))
+    petfast._C.bspline_prefilter(src.spec(), coef.spec(), src.stream())
+    return coef.obj
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
+def test_padded_prefilter_equals_scipy_and_the_unpadded_path(dtype, rng):
+    """The prefilter's own edge padding (the Predictor's resize) equals scipy's spline_filter of the
+    padded array, and equals padding first and filtering in place bit for bit, in every layout."""
+    image = rng.integers(0, 200, (19, 17, 23)).astype(dtype)
+    pad = (3, 0, 5)
+    padded = np.pad(image, [(p, p) for p in pad], mode="edge")
+    ref = ndi.spline_filter(padded.astype(np.float64), order=3, mode="mirror")
+    expected = np.ascontiguousarray(padded, np.float32)
+    src = _arrays.adapt(expected, "padded")
+    petfast._C.bspline_prefilter(src.spec(), src.spec(), src.stream())  # in place
+    np.testing.assert_allclose(expected, ref, rtol=0, atol=1e-3)
+    for name, variant in layouts(image):
+        np.testing.assert_array_equal(_prefilter(variant, pad), expected, err_msg=name)
+
+
+def test_prefilter_rejects_odd_padding_and_padded_in_place(rng):
+    image = rng.normal(size=(6, 7, 8)).astype(np.float32)
+    src = _arrays.adapt(image, "image")
+    coef = _arrays.empty(src, (7, 7, 8), np.float32)
+    with pytest.raises(ValueError, match="even padding"):
+        petfast._C.bspline_prefilter(src.spec(), coef.spec(), 0)
+    shorter = _arrays.adapt(image[:-2], "view")  # same memory, 2 slices fewer: padding in place
+    with pytest.raises(ValueError, match="in place"):
+        petfast._C.bspline_prefilter(shorter.spec(), src.spec(), 0)
+
+
 def test_torch_cpu_in_torch_out(rng):
     torch = pytest.importorskip("torch")
     image = rng.normal(size=(12, 13, 14)).astype(np.float32)
@@ -377,6 +412,17 @@ def test_cuda_strided_views_antialias_and_stream(rng):
             cpu = petfast.resample(image, src_affine, dst_shape, dst_affine, order=order, antialias=True)
             stream.synchronize()
             np.testing.assert_allclose(gpu.cpu().numpy(), cpu, atol=2e-3, rtol=1e-6)
+
+
+@pytest.mark.cuda
+def test_cuda_padded_prefilter_equals_cpu(rng):
+    torch = pytest.importorskip("torch")
+    image = rng.integers(-1024, 2000, (33, 29, 31)).astype(np.int16)
+    for pad in ((0, 0, 0), (12, 12, 12), (2, 0, 4)):
+        cpu = _prefilter(image, pad)
+        gpu = _prefilter(torch.from_numpy(image).cuda(), pad)
+        # Each line's recursion is the CPU's, but nvcc and gcc contract multiply-adds differently.
+        np.testing.assert_allclose(gpu.cpu().numpy(), cpu, rtol=1e-6, atol=1e-3, err_msg=str(pad))
 
 
 @pytest.mark.cuda

@@ -15,12 +15,17 @@ struct Taps {
   int radius;
 };
 
+// coef = src as float32, edge-padded by (coef's shape - src's shape) / 2 per axis.
 template <typename T>
-__global__ void to_float_kernel(const T* __restrict__ in, Volume src, float* __restrict__ out) {
-  const int64_t n = src.size(), n12 = src.shape[1] * src.shape[2];
+__global__ void to_float_kernel(const T* __restrict__ in, Volume src, float* __restrict__ out, Volume coef) {
+  const int64_t n = coef.size(), n12 = coef.shape[1] * coef.shape[2];
+  const int64_t p0 = (coef.shape[0] - src.shape[0]) / 2, p1 = (coef.shape[1] - src.shape[1]) / 2,
+                p2 = (coef.shape[2] - src.shape[2]) / 2;
   for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < n; p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = p / n12, r = p % n12, j = r / src.shape[2], k = r % src.shape[2];
-    out[p] = float(in[i * src.strides[0] + j * src.strides[1] + k * src.strides[2]]);
+    const int64_t i = p / n12, r = p % n12, j = r / coef.shape[2], k = r % coef.shape[2];
+    const int64_t si = min(max(i - p0, int64_t(0)), src.shape[0] - 1), sj = min(max(j - p1, int64_t(0)), src.shape[1] - 1),
+                  sk = min(max(k - p2, int64_t(0)), src.shape[2] - 1);
+    out[p] = float(in[si * src.strides[0] + sj * src.strides[1] + sk * src.strides[2]]);
   }
 }
 
@@ -69,7 +74,8 @@ void bspline_prefilter_cuda(const Volume& src, const Volume& coef, uintptr_t str
   if (src.data != coef.data) {
     dispatch_dtype(src.dtype, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      to_float_kernel<T><<<blocks_for(src.size(), threads), threads, 0, stream>>>(static_cast<const T*>(src.data), src, c);
+      to_float_kernel<T><<<blocks_for(coef.size(), threads), threads, 0, stream>>>(static_cast<const T*>(src.data), src, c,
+                                                                                coef);
     });
     cuda_check(cudaGetLastError(), "B-spline conversion launch");
   }

@@ -22,7 +22,9 @@ struct ResampleArgs {
 };
 
 void resample_cpu(const Volume& src, const Volume& dst, const ResampleArgs& args);
-// coef (float32, C-contiguous, src's shape) = cubic B-spline coefficients of src (mirror boundary).
+// coef (float32, C-contiguous) = cubic B-spline coefficients of src (mirror boundary). coef may be
+// larger than src by 2 * pad voxels per axis: src padded by repeating its edge voxels (scipy's mode
+// 'nearest' padding before its prefilter). In place when coef is src.
 void bspline_prefilter_cpu(const Volume& src, const Volume& coef);
 // dst (float32, C-contiguous) = src convolved along `axis` with odd-length taps, edge values repeated.
 void convolve_axis_cpu(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps);

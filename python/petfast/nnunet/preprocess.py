@@ -151,19 +151,18 @@ def resize_image(data: torch.Tensor, shape, axis: int | None = None) -> torch.Te
         m[a, a] = n_in / n_out
         m[a, 3] = 0.5 * n_in / n_out - 0.5 + _PAD
     for c in range(data.shape[0]):
-        x = data[c]
-        # The padded copy is this function's own: it becomes its spline coefficients in place (no
-        # second volume-sized buffer), and the kernel samples them into out[c] directly.
-        coef = _arrays.adapt(F.pad(x[None, None], (_PAD,) * 6, mode="replicate")[0, 0], "padded")
+        x = _arrays.adapt(data[c], "channel")
+        # The prefilter pads (edge values repeated) as it converts: no padded copy.
+        coef = _arrays.empty(x, [n + 2 * _PAD for n in x.shape], np.float32)
         dst = _arrays.adapt(out[c], "out")
-        _C.bspline_prefilter(coef.spec(), coef.spec(), coef.stream())
+        _C.bspline_prefilter(x.spec(), coef.spec(), coef.stream())
         _C.resample(coef.spec(), dst.spec(), m[:3].ravel().tolist(), 3, 0.0, coef.stream())
         if axis is None:
-            lo, hi = torch.aminmax(x)
+            lo, hi = torch.aminmax(data[c])
             out[c].clamp_(lo, hi)
         else:  # nnU-Net resizes slice by slice and clips each slice to its own range
             others = tuple(a for a in range(3) if a != axis)
-            lo, hi = x.amin(others, keepdim=True), x.amax(others, keepdim=True)
+            lo, hi = data[c].amin(others, keepdim=True), data[c].amax(others, keepdim=True)
             out[c] = torch.maximum(torch.minimum(out[c], hi), lo)
     if axis is not None:
         out = _nearest_along(out, 1 + axis, shape[axis])
