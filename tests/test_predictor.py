@@ -113,6 +113,29 @@ def test_matches_stock_nnunet(model_dir, spacing, folds, tta):
     assert np.percentile(diff, 99) < 2e-2
 
 
+def test_nonzero_bbox_against_numpy(rng):
+    from petfast.nnunet import preprocess as pre
+
+    def reference(a):
+        hit = np.argwhere((a != 0).any(0))
+        if len(hit) == 0:
+            return [(0, n) for n in a.shape[1:]]
+        return [(int(lo), int(hi) + 1) for lo, hi in zip(hit.min(0), hit.max(0))]
+
+    cases = [np.zeros((2, 6, 7, 8), np.float32), rng.normal(size=(2, 6, 7, 8)).astype(np.float32)]
+    for box in [(slice(0, 6), slice(1, 7), slice(0, 8)), (slice(2, 3), slice(4, 5), slice(7, 8)),
+                (slice(0, 6), slice(0, 7), slice(3, 8))]:
+        a = np.zeros((2, 6, 7, 8), np.float32)
+        a[(1,) + box] = rng.uniform(1, 2, size=[b.stop - b.start for b in box])
+        cases.append(a)
+    with_faces = rng.normal(size=(2, 6, 7, 8)).astype(np.float32)
+    with_faces[:, 2:4] = 0  # zero slices inside, every face nonzero
+    cases.append(with_faces)
+    for a in cases:
+        got = pre.nonzero_bbox(torch.from_numpy(a))
+        assert [(b.start, b.stop) for b in got] == reference(a)
+
+
 def test_preprocessing_matches_nnunet(tmp_path):
     """Crop, CT and masked z-score normalisation, cubic resampling: nnU-Net's DefaultPreprocessor."""
     pp = pytest.importorskip("nnunetv2.preprocessing.preprocessors.default_preprocessor")

@@ -41,6 +41,10 @@ SCHEMES = ("CTNormalization", "ZScoreNormalization", "NoNormalization", "Rescale
 def nonzero_bbox(data: torch.Tensor) -> tuple[slice, ...]:
     """Half-open bounding box (one slice per spatial axis) of the voxels nonzero in any channel of
     ``data`` (C, z, y, x); the whole extent when every voxel is zero."""
+    # An axis's box reaches both ends exactly when its two end slices hold a nonzero voxel. A
+    # whole-body CT (air at -1000 HU up to its edges) always does: six faces instead of a full pass.
+    if all(bool(data.select(1 + a, end).any()) for a in range(3) for end in (0, -1)):
+        return tuple(slice(0, n) for n in data.shape[1:])
     mask = data[0] != 0
     for c in range(1, data.shape[0]):
         mask |= data[c] != 0
