@@ -2,13 +2,14 @@
 # One-shot GPU check, in priority order inside a time budget (device time is scarce): build with nvcc,
 # the CUDA tests of every kernel (resampling, labelling, component statistics, tiles, the Predictor,
 # training), the kernel benchmarks and per-kernel profile, the whole-body inference benchmarks against
-# nnU-Net, the rest of the test suite. JSON and a logs archive land in $OUT (bench/results/gpu-local here).
+# nnU-Net, torch.compile for the network stage, the rest of the test suite. JSON and a logs archive
+# land in $OUT (bench/results/gpu-local here).
 #   bash bench/gpu/run.sh                 (a machine with a CUDA GPU, nvcc, torch, pytest-benchmark)
 #   BUDGET=300 STAGES="build cuda-tests kernels" bash bench/gpu/run.sh
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu-local}
 BUDGET=${BUDGET:-480}  # seconds for the whole script; each stage gets what is left
-STAGES=${STAGES:-"build cuda-tests kernels profile predict other-tests"}
+STAGES=${STAGES:-"build cuda-tests kernels profile predict compile other-tests"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 deadline=$(( $(date +%s) + BUDGET ))
@@ -80,6 +81,10 @@ case ${NNUNET:-1} in
 esac
 want predict 120 && PYTHONPATH=$PYTHONPATH:/tmp/site-nn pytest_stage predict 0 bench/test_bench_predict.py --full \
   -k "$sel" --benchmark-json="$OUT/bench_predict.json"
+# torch.compile and CUDA graphs for the network stage (compilation takes minutes: last, before the
+# CPU tests).
+want compile 150 && { timeout $(( $(left) - 10 )) python3 bench/gpu/compile_ab.py "$OUT/compile_ab.json" \
+  >"$OUT/compile_ab.log" 2>&1; note "compile: rc $? ($(tr -d '\n ' <"$OUT/compile_ab.json" 2>/dev/null))"; }
 # The rest of the suite, with a GPU visible to it (CI runs it without one). 8 workers of 2 threads
 # each: 8 x 16 threads made the training tests overrun (2026-11-28).
 want other-tests 60 && OMP_NUM_THREADS=2 pytest_stage other-tests 150 tests -m "not cuda" -rfE \
