@@ -200,13 +200,13 @@ def _evaluate(args) -> int:
         gt, pred, *pet = (f.result() for f in pending)
         if gt.data.shape != pred.data.shape or not np.allclose(gt.affine, pred.affine, atol=1e-3):
             raise ValueError(f"{pred_path}: its grid differs from the ground truth's ({gt_path})")
-        voxel_ml = float(np.prod(gt.spacing)) / 1000.0  # from the ground truth's header, as autoPET III
         try:
             masks = metrics._masks(gt.data, pred.data)
             suv = quant._pet(pet[0].data, gt.data.shape) if pet else None
             spacing = _spacing(gt.spacing)
         except ValueError as e:  # name the files: "pred must be a binary mask" alone does not say which
             raise ValueError(f"{gt_path} / {pred_path}{' / ' + str(pet_paths[0]) if pet else ''}: {e}") from None
+        voxel_ml = float(np.prod(spacing)) / 1000.0  # from the ground truth's header, as autoPET III
         # Each mask is labelled once, for the metrics and the quantification both.
         labelled = [label(m, metrics.CONNECTIVITY) for m in masks]
         row = {"case": case, **metrics._autopet(masks[0], labelled[0], masks[1], labelled[1], voxel_ml)}
