@@ -160,6 +160,28 @@ def test_preprocessing_matches_nnunet(tmp_path):
     np.testing.assert_allclose(data.numpy(), ref, atol=1e-4, rtol=1e-5)
 
 
+def test_every_normalisation_scheme_matches_nnunet(rng):
+    norm = pytest.importorskip("nnunetv2.preprocessing.normalization.default_normalization_schemes")
+    from petfast.nnunet import preprocess as pre
+
+    props = {"0": {"percentile_00_5": -500.0, "percentile_99_5": 900.0, "mean": 60.0, "std": 210.0}}
+    img = rng.uniform(-1000, 1500, (1, 9, 10, 11)).astype(np.float32)
+    rgb = rng.uniform(0, 255, (1, 9, 10, 11)).astype(np.float32)
+    for scheme, x in (("CTNormalization", img), ("ZScoreNormalization", img), ("RescaleTo01Normalization", img),
+                      ("RGBTo01Normalization", rgb), ("NoNormalization", img)):
+        ref = getattr(norm, scheme)(use_mask_for_norm=False, intensityproperties=props["0"]).run(x[0].copy())
+        ours = pre.normalize(torch.from_numpy(x.copy()), [scheme], [False], props)[0].numpy()
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5, err_msg=scheme)
+    with pytest.raises(ValueError, match="leave \\[0, 255\\]"):
+        pre.normalize(torch.from_numpy(img.copy()), ["RGBTo01Normalization"], [False], props)
+    with pytest.raises(ValueError, match="unknown normalisation scheme 'Histogram'"):
+        pre.normalize(torch.from_numpy(img.copy()), ["Histogram"], [False], props)
+    with pytest.raises(ValueError, match="no foreground intensity"):
+        pre.normalize(torch.from_numpy(img.copy()), ["CTNormalization"], [False], {})
+    with pytest.raises(ValueError, match="2 normalisation schemes for 1 channels"):
+        pre.normalize(torch.from_numpy(img.copy()), ["CTNormalization", "NoNormalization"], [False, False], props)
+
+
 def test_transposed_plans_match_nnunet(tmp_path):
     plans = tiny_plans()
     plans["transpose_forward"], plans["transpose_backward"] = [1, 2, 0], [2, 0, 1]
@@ -169,6 +191,23 @@ def test_transposed_plans_match_nnunet(tmp_path):
     seg, prob = nnunet_predict(model, img, spacing, (0,), False, float32_accumulation=True)
     mask, ours = petfast_predict(model, img, spacing, (0,), False)
     assert np.abs(ours - prob).max() < 1e-4 and np.mean(mask == seg) > 0.9999
+
+
+@pytest.mark.parametrize("model_spacing,spacing", [
+    pytest.param(SPACING, (6.0, 1.5, 1.5), id="thick-slice-input"),
+    pytest.param((5.0, 1.2, 1.2), (2.5, 2.4, 1.7), id="thick-slice-model"),
+])
+def test_anisotropic_resampling_matches_nnunet(tmp_path, model_spacing, spacing):
+    """A spacing ratio above 3 (the input's, else the model's): nnU-Net resizes each slice in-plane
+    (cubic for the image, linear for the logits, each slice clipped to its own range) and takes the
+    nearest slice along the thick axis."""
+    plans = make_plans(PATCH, model_spacing, [4, 8, 16], [[1, 1, 1], [2, 2, 2], [2, 2, 2]])
+    model = write_model(tmp_path / "model", plans, folds=(0,))
+    img = make_case(11, (20, 44, 40))
+    seg, prob = nnunet_predict(model, img, spacing, (0,), True, float32_accumulation=True)
+    mask, ours = petfast_predict(model, img, spacing, (0,), True)
+    assert np.abs(ours - prob).max() < 1e-4 and np.mean(mask == seg) > 0.9999
+    assert 0.05 < np.mean(seg == 1) < 0.95
 
 
 @pytest.mark.skipif(not (SHARED / "nnunet_plans").is_dir(), reason="../shared/data/nnunet_plans not present")
