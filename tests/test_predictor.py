@@ -555,6 +555,38 @@ def test_bad_cases(model_dir, tmp_path):
         petfast.Predictor.from_nnunet(model_dir, device="cpu", batch_size=0)
 
 
+def test_bad_arguments(model_dir, tmp_path):
+    make = functools.partial(petfast.Predictor.from_nnunet, model_dir, device="cpu")
+    for kw, match in (({"step": 0}, r"step must be in \(0, 1\], got 0"), ({"step": 1.5}, "step must be in"),
+                      ({"precision": "fp8"}, "precision must be 'auto', 'fp16', 'bf16' or 'fp32', got 'fp8'")):
+        with pytest.raises(ValueError, match=match):
+            make(**kw)
+    with pytest.raises(ValueError, match="at least one network"):
+        petfast.Predictor([], tiny_plans(), make_dataset_json(), device="cpu")
+    with pytest.raises(ValueError, match="region-based models"):
+        petfast.Predictor([], tiny_plans(), {**make_dataset_json(), "labels": {"background": 0, "lesion": [1, 2]}})
+    plans = tiny_plans()
+    plans["configurations"]["3d_fullres"]["resampling_fn_data"] = "my_resampler"
+    with pytest.raises(ValueError, match="resampling_fn_data='my_resampler'"):
+        petfast.Predictor([], plans, make_dataset_json(), device="cpu")
+    pred = make(tta=False)
+    img = make_case(32).transpose(0, 3, 2, 1)
+    with pytest.raises(TypeError, match="numpy array, a torch tensor or a list of them, got str"):
+        pred.predict("case.nii.gz", spacing=(2, 2, 3))
+    with pytest.raises(ValueError, match=r"\(C, I, J, K\) or a list"):
+        pred.predict(img[0], spacing=(2, 2, 3))
+    with pytest.raises(ValueError, match="non-empty 3-D volume"):
+        pred.predict([img[0, :0], img[1, :0]], spacing=(2, 2, 3))
+    with pytest.raises(TypeError, match="is not numeric"):
+        pred.predict([img[0].astype(str), img[1]], spacing=(2, 2, 3))
+    write_nnunet_case(tmp_path / "in", "case0", img)
+    with pytest.raises(ValueError, match="lesions must be None, 'csv' or 'json', got 'xlsx'"):
+        pred.predict_files(tmp_path / "in", tmp_path / "out", lesions="xlsx", progress=False)
+    with pytest.raises(FileNotFoundError, match="no such input folder"):
+        pred.predict_files(tmp_path / "nowhere", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # argument errors come before any output
+
+
 def test_cli_predict(model_dir, tmp_path, capsys):
     from petfast.cli import main
 
