@@ -37,3 +37,20 @@ def synced(fn):
         return out
 
     return run
+
+
+def cuda_times(fn, *args, runs=3):
+    """Seconds of each of ``runs`` calls of fn(*args), the GPU synchronised before and after each (the
+    first run includes warm-up: cuDNN autotuning, compilation)."""
+    import time
+
+    import torch
+
+    times = []
+    for _ in range(runs):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn(*args)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times

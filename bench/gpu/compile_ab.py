@@ -9,13 +9,13 @@ timeout keeps what finished. Issue 6 names compilation and CUDA graphs as option
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import petfast  # noqa: E402
+from _benchdata import cuda_times  # noqa: E402
 from test_bench_predict import WHOLE_BODY, _case, _model  # noqa: E402
 
 
@@ -27,13 +27,7 @@ def main(out):
         pred = petfast.Predictor.from_nnunet(model, tta=False, device="cuda", batch_size=8)
         if mode != "eager":
             pred.networks = [torch.compile(net, mode=mode, dynamic=False) for net in pred.networks]
-        times = []
-        for _ in range(3):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            pred._sliding_window(data, False)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
+        times = cuda_times(pred._sliding_window, data, False)
         results["seconds"][mode] = {"first": round(times[0], 3), "best": round(min(times[1:]), 3)}
         print(mode, [round(t, 3) for t in times], flush=True)
         Path(out).write_text(json.dumps(results, indent=2))

@@ -9,7 +9,6 @@ warm-up (cuDNN autotuning). Writes JSON to the path given.
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import petfast  # noqa: E402
 from petfast.nnunet import networks  # noqa: E402
+from _benchdata import cuda_times  # noqa: E402
 from test_bench_predict import WHOLE_BODY, _case, _model  # noqa: E402
 
 
@@ -30,13 +30,7 @@ def main(out):
             pred = petfast.Predictor.from_nnunet(model, tta=False, device="cuda", batch_size=8)
             pred.memory_format = fmt
             pred.networks = [net.to(memory_format=fmt) for net in pred.networks]
-            times = []
-            for _ in range(3):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                pred._sliding_window(data, False)
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
+            times = cuda_times(pred._sliding_window, data, False)
             results[f"{name}, {norm}"] = min(times[1:])
             print(name, norm, [round(t, 3) for t in times], flush=True)
     Path(out).write_text(json.dumps({"seconds": results, "gpu": torch.cuda.get_device_name()}, indent=2))
