@@ -28,6 +28,7 @@ def test_load_matches_nibabel(tmp_path, rng, suffix, dtype):
     np.testing.assert_array_equal(img.data, np.asanyarray(ref.dataobj))
     assert img.data.dtype == np.dtype(dtype)  # no float64 upcast
     assert img.data.flags.f_contiguous  # on-disk order, no forced C copy
+    assert not img.data.flags.writeable  # read-only whichever gzip decoder is installed
     np.testing.assert_array_equal(img.affine, ref.affine)
     assert img.spacing == pytest.approx(ref.header.get_zooms()[:3])
     data_, affine, spacing, header = img  # unpacks as documented

@@ -138,6 +138,18 @@ def _adapt_torch(t, name: str) -> Array:
                  t.data_ptr(), device)
 
 
+def torch_view(a: np.ndarray):
+    """``torch.from_numpy(a)`` without torch's warning for read-only arrays (what petfast.io.load
+    returns): petfast only reads them."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
 def c_order_on_cuda(a: Array) -> Array:
     """``a``, or for a non-contiguous CUDA tensor a C-ordered copy: the CUDA kernels walk (i, j, k)
     raster order, and a Fortran-ordered tensor (NIfTI data moved to the GPU as it is) would have each

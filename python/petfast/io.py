@@ -187,6 +187,7 @@ def load(path, *, ndim: int | None = 3) -> NiftiImage:
         if len(buf) < need:
             raise ValueError(f"{path}: truncated: the header promises {need} bytes, the file holds {len(buf)}")
         data = np.frombuffer(buf, dtype, count=count, offset=offset).reshape(shape, order="F")
+        data.flags.writeable = False  # libdeflate's buffer is writable, the other decoders' are not
     else:
         if path.stat().st_size < need:
             raise ValueError(f"{path}: truncated: the header promises {need} bytes, the file holds {path.stat().st_size}")
