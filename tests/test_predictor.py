@@ -405,6 +405,32 @@ def test_continue_predicts_only_the_cases_without_outputs(model_dir, tmp_path, c
             assert (tmp_path / "out" / name).read_text() == (tmp_path / "ref" / name).read_text()
 
 
+def test_a_failed_write_stops_the_run(model_dir, tmp_path, monkeypatch):
+    """A full disk fails every write after it: the run stops within two cases, naming the case."""
+    import errno
+
+    import petfast.predictor as predictor
+
+    img = make_case(45).transpose(0, 3, 2, 1)[:, :20, :20, :16]
+    for i in range(8):
+        write_nnunet_case(tmp_path / "in", f"case{i}", img)
+    real_write = predictor._write_case
+
+    def disk_fills_at_case2(paths, *args):
+        if paths["mask"].name >= "case2":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(paths, *args)
+
+    monkeypatch.setattr(predictor, "_write_case", disk_fills_at_case2)
+    pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu")
+    calls = []
+    monkeypatch.setattr(pred, "predict", lambda *a, **k: calls.append(1) or type(pred).predict(pred, *a, **k))
+    with pytest.raises(OSError, match="case2: its outputs could not be written .*No space left.*--continue"):
+        pred.predict_files(tmp_path / "in", tmp_path / "out", progress=False)
+    assert len(calls) <= 5  # not the 8 cases
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case0.nii.gz", "case1.nii.gz"]
+
+
 def test_a_bad_case_does_not_end_the_run(model_dir, tmp_path, capsys):
     from petfast.cli import main
     from petfast.predictor import CasesFailed

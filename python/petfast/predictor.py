@@ -20,6 +20,7 @@ Region-based models (sigmoid outputs) and cascades are not supported.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
 import itertools
@@ -534,44 +535,59 @@ class Predictor:
             from tqdm import tqdm
 
             bar = tqdm(total=len(cases), desc="predict", unit="case")
+
+        def written(case_id, write):
+            try:
+                write.result()
+            except OSError as e:  # a full disk or a missing permission fails every case after it too
+                raise OSError(f"{case_id}: its outputs could not be written to {output} ({e}); the run stops "
+                              "here. The cases before it are complete: fix the cause, then run again with "
+                              "skip_existing=True (--continue)") from e
+
         # The next case is read while this one runs (io.load_ahead); results are written in the background.
         failed = {}
-        with concurrent.futures.ThreadPoolExecutor(1) as writer:
-            writes = []
-            t0 = time.perf_counter()
-            for case, pending in zip(cases, io.load_ahead(c.files for c in cases)):
-                try:
-                    images = [f.result() for f in pending]
-                    t_read = time.perf_counter() - t0
-                    channels, ref = self._case_channels(case, images)
-                    result = self.predict(channels, ref.affine, probabilities=probabilities)
-                except Exception as e:  # noqa: BLE001 - one bad study must not end a cohort run
-                    failed[case.id] = e
-                    warnings.warn(f"{case.id}: not predicted: {type(e).__name__}: {e}", stacklevel=2)
-                    if not rows and len(failed) >= _SETUP_FAILURES:
-                        raise CasesFailed(failed, rows, len(cases), stopped=True) from e
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as writer:
+                writes = collections.deque()  # (case id, pending write), oldest first
+                t0 = time.perf_counter()
+                for case, pending in zip(cases, io.load_ahead(c.files for c in cases)):
+                    try:
+                        images = [f.result() for f in pending]
+                        t_read = time.perf_counter() - t0
+                        channels, ref = self._case_channels(case, images)
+                        result = self.predict(channels, ref.affine, probabilities=probabilities)
+                    except Exception as e:  # noqa: BLE001 - one bad study must not end a cohort run
+                        failed[case.id] = e
+                        warnings.warn(f"{case.id}: not predicted: {type(e).__name__}: {e}", stacklevel=2)
+                        if not rows and len(failed) >= _SETUP_FAILURES:
+                            raise CasesFailed(failed, rows, len(cases), stopped=True) from e
+                        if bar is not None:
+                            bar.update()
+                        t0 = time.perf_counter()
+                        continue
+                    mask, probs = result if probabilities else (result, None)
+                    mask = mask.cpu().numpy() if _arrays._is_torch(mask) else mask
+                    probs = probs.cpu().numpy() if _arrays._is_torch(probs) else probs
+                    pet = channels[self._pet_channel()] if lesions else None
+                    pet = pet.cpu().numpy() if _arrays._is_torch(pet) else pet
+                    paths = self.output_paths(case, output, probabilities, lesions)
+                    writes.append((case.id, writer.submit(_write_case, paths, mask, probs, pet, ref, overwrite)))
+                    # A failed write ends the run at once, not after every case has been predicted; and
+                    # at most 2 cases' outputs wait in memory for a slow disk.
+                    while writes and (writes[0][1].done() or len(writes) > 2):
+                        written(*writes.popleft())
+                    row = {"case": case.id, "shape": "x".join(map(str, mask.shape)), "read_wait": t_read,
+                           **self.timings, "total": time.perf_counter() - t0}
+                    rows.append(row)
                     if bar is not None:
+                        bar.set_postfix_str(f"{case.id}: {row['total']:.1f} s")
                         bar.update()
                     t0 = time.perf_counter()
-                    continue
-                mask, probs = result if probabilities else (result, None)
-                mask = mask.cpu().numpy() if _arrays._is_torch(mask) else mask
-                probs = probs.cpu().numpy() if _arrays._is_torch(probs) else probs
-                pet = channels[self._pet_channel()] if lesions else None
-                pet = pet.cpu().numpy() if _arrays._is_torch(pet) else pet
-                paths = self.output_paths(case, output, probabilities, lesions)
-                writes.append(writer.submit(_write_case, paths, mask, probs, pet, ref, overwrite))
-                row = {"case": case.id, "shape": "x".join(map(str, mask.shape)), "read_wait": t_read, **self.timings,
-                       "total": time.perf_counter() - t0}
-                rows.append(row)
-                if bar is not None:
-                    bar.set_postfix_str(f"{case.id}: {row['total']:.1f} s")
-                    bar.update()
-                t0 = time.perf_counter()
-            for w in writes:
-                w.result()  # surface write errors
-        if bar is not None:
-            bar.close()
+                while writes:
+                    written(*writes.popleft())
+        finally:
+            if bar is not None:
+                bar.close()
         if failed:  # the first failure's traceback comes along as the cause
             raise CasesFailed(failed, rows, len(cases)) from next(iter(failed.values()))
         return rows
