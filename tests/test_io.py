@@ -191,3 +191,37 @@ def test_load_ahead_yields_each_group_in_order_and_a_bad_one_raises_at_its_turn(
     assert [int(f.result().data[0, 0, 0]) for f in next(it)] == [2]  # and the next group still comes
     assert next(it, None) is None
     assert list(io.load_ahead([])) == []
+
+
+def test_write_behind_keeps_order_bounds_the_backlog_and_raises_early():
+    import threading
+
+    done, gate = [], threading.Event()
+
+    def slow(i):
+        gate.wait(5)
+        done.append(i)
+
+    with io.write_behind(limit=2) as submit:
+        submit(slow, 0)
+        submit(slow, 1)
+        threading.Timer(0.2, gate.set).start()
+        submit(slow, 2)  # a third waiting write: blocks until the oldest is written
+        assert done[:1] == [0]
+        submit(slow, 3)
+    assert done == [0, 1, 2, 3]  # all written, in order, when the block ends
+
+    def fail(i):
+        if i == 1:
+            raise OSError(28, "No space left on device")
+
+    submitted = []
+    with pytest.raises(OSError, match="No space left"):
+        with io.write_behind(limit=2) as submit:
+            for i in range(10):
+                submit(fail, i)
+                submitted.append(i)
+    assert len(submitted) <= 3  # the failure surfaced within two more submits, not at the end
+    with pytest.raises(OSError, match="No space left"):  # and when the block ends
+        with io.write_behind(limit=2) as submit:
+            submit(fail, 1)

@@ -409,19 +409,17 @@ def test_a_failed_write_stops_the_run(model_dir, tmp_path, monkeypatch):
     """A full disk fails every write after it: the run stops within two cases, naming the case."""
     import errno
 
-    import petfast.predictor as predictor
-
     img = make_case(45).transpose(0, 3, 2, 1)[:, :20, :20, :16]
     for i in range(8):
         write_nnunet_case(tmp_path / "in", f"case{i}", img)
-    real_write = predictor._write_case
+    real_save = io.save
 
-    def disk_fills_at_case2(paths, *args):
-        if paths["mask"].name >= "case2":
+    def disk_fills_at_case2(path, *args, **kw):
+        if path.name >= "case2":
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(paths, *args)
+        return real_save(path, *args, **kw)
 
-    monkeypatch.setattr(predictor, "_write_case", disk_fills_at_case2)
+    monkeypatch.setattr(io, "save", disk_fills_at_case2)
     pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu")
     calls = []
     monkeypatch.setattr(pred, "predict", lambda *a, **k: calls.append(1) or type(pred).predict(pred, *a, **k))

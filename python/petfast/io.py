@@ -18,7 +18,9 @@ Conventions
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import contextlib
 import gzip
 import json
 import math
@@ -222,6 +224,25 @@ def load_ahead(groups, *, ndim: int | None = 3):
             following = next(groups, None)
             pending = submit(following) if following is not None else None
             yield current
+
+
+@contextlib.contextmanager
+def write_behind(limit: int = 2):
+    """A ``submit(fn, *args)`` that runs the writes of a cohort job on one background thread, in order,
+    while the caller works on the next case. At most ``limit`` writes wait (``submit`` blocks on the
+    oldest beyond that), so a slow disk holds back the job instead of filling memory; a failed write
+    raises from the next ``submit`` (or when the block ends), so a full disk stops a long run at once."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = collections.deque()
+
+        def submit(fn, *args):
+            pending.append(pool.submit(fn, *args))
+            while pending and (pending[0].done() or len(pending) > limit):
+                pending.popleft().result()
+
+        yield submit
+        while pending:
+            pending.popleft().result()
 
 
 def save(path, data, affine=None, *, like=None, overwrite: bool = False) -> Path:

@@ -20,8 +20,6 @@ Region-based models (sigmoid outputs) and cascades are not supported.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import functools
 import itertools
 import math
@@ -536,19 +534,10 @@ class Predictor:
 
             bar = tqdm(total=len(cases), desc="predict", unit="case")
 
-        def written(case_id, write):
-            try:
-                write.result()
-            except OSError as e:  # a full disk or a missing permission fails every case after it too
-                raise OSError(f"{case_id}: its outputs could not be written to {output} ({e}); the run stops "
-                              "here. The cases before it are complete: fix the cause, then run again with "
-                              "skip_existing=True (--continue)") from e
-
         # The next case is read while this one runs (io.load_ahead); results are written in the background.
         failed = {}
         try:
-            with concurrent.futures.ThreadPoolExecutor(1) as writer:
-                writes = collections.deque()  # (case id, pending write), oldest first
+            with io.write_behind() as write:
                 t0 = time.perf_counter()
                 for case, pending in zip(cases, io.load_ahead(c.files for c in cases)):
                     try:
@@ -571,11 +560,7 @@ class Predictor:
                     pet = channels[self._pet_channel()] if lesions else None
                     pet = pet.cpu().numpy() if _arrays._is_torch(pet) else pet
                     paths = self.output_paths(case, output, probabilities, lesions)
-                    writes.append((case.id, writer.submit(_write_case, paths, mask, probs, pet, ref, overwrite)))
-                    # A failed write ends the run at once, not after every case has been predicted; and
-                    # at most 2 cases' outputs wait in memory for a slow disk.
-                    while writes and (writes[0][1].done() or len(writes) > 2):
-                        written(*writes.popleft())
+                    write(_write_case, case.id, paths, mask, probs, pet, ref, overwrite)
                     row = {"case": case.id, "shape": "x".join(map(str, mask.shape)), "read_wait": t_read,
                            **self.timings, "total": time.perf_counter() - t0}
                     rows.append(row)
@@ -583,8 +568,6 @@ class Predictor:
                         bar.set_postfix_str(f"{case.id}: {row['total']:.1f} s")
                         bar.update()
                     t0 = time.perf_counter()
-                while writes:
-                    written(*writes.popleft())
         finally:
             if bar is not None:
                 bar.close()
@@ -638,16 +621,21 @@ def _deliver(x: torch.Tensor, kind: str, device):
     return x.to(device)
 
 
-def _write_case(paths: dict, mask, probs, pet, ref: io.NiftiImage, overwrite: bool) -> None:
+def _write_case(case_id: str, paths: dict, mask, probs, pet, ref: io.NiftiImage, overwrite: bool) -> None:
     from .data import _write_csv, _write_json
     from .quant import LESION_COLUMNS, lesions
 
-    io.save(paths["mask"], mask, like=ref, overwrite=overwrite)
-    if probs is not None:
-        io.save(paths["probabilities"], np.moveaxis(probs, 0, -1).astype(np.float32), like=ref, overwrite=overwrite)
-    if "lesions" in paths:
-        table = lesions(pet, mask != 0, ref.spacing)  # every foreground class counts as lesion
-        if paths["lesions"].suffix == ".json":
-            _write_json(paths["lesions"], table, overwrite)
-        else:
-            _write_csv(paths["lesions"], table["lesions"], overwrite, fields=LESION_COLUMNS)
+    try:
+        io.save(paths["mask"], mask, like=ref, overwrite=overwrite)
+        if probs is not None:
+            io.save(paths["probabilities"], np.moveaxis(probs, 0, -1).astype(np.float32), like=ref, overwrite=overwrite)
+        if "lesions" in paths:
+            table = lesions(pet, mask != 0, ref.spacing)  # every foreground class counts as lesion
+            if paths["lesions"].suffix == ".json":
+                _write_json(paths["lesions"], table, overwrite)
+            else:
+                _write_csv(paths["lesions"], table["lesions"], overwrite, fields=LESION_COLUMNS)
+    except OSError as e:  # a full disk or a missing permission fails every case after it too
+        raise OSError(f"{case_id}: its outputs could not be written to {paths['mask'].parent} ({e}); the run "
+                      "stops here. The cases before it are complete: fix the cause, then run again with "
+                      "skip_existing=True (--continue)") from e

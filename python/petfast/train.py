@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from . import _arrays, metrics
 from .data import Dataset
-from .io import atomic_write
+from .io import atomic_write, write_behind
 from .nnunet import preprocess as pre
 from .nnunet.model_folder import load_checkpoint, make_dataset_json, save_checkpoint, write_model_folder
 from .nnunet.networks import build_network
@@ -436,14 +436,17 @@ def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str
     todo = [cid for cid in ids if not _cached(cache, cid, stamps[cid])]
 
     def write(cid, arrays):
-        for path, array in zip(_cache_files(cache, cid), arrays):
-            atomic_write(path, lambda f, a=array: np.save(f, a), overwrite=True)
-        # The source stamp last: a case counts as cached once it is there and matches.
-        atomic_write(_source_file(cache, cid), lambda f, t=stamps[cid]: f.write(t.encode()), overwrite=True)
+        try:
+            for path, array in zip(_cache_files(cache, cid), arrays):
+                atomic_write(path, lambda f, a=array: np.save(f, a), overwrite=True)
+            # The source stamp last: a case counts as cached once it is there and matches.
+            atomic_write(_source_file(cache, cid), lambda f, t=stamps[cid]: f.write(t.encode()), overwrite=True)
+        except OSError as e:
+            raise OSError(f"{cid}: its preprocessed arrays could not be written to {cache} ({e}); the cases "
+                          "before it are cached, and a rerun goes on from there") from e
 
     # Each case is written in the background while the next one is read and preprocessed.
-    with torch.no_grad(), concurrent.futures.ThreadPoolExecutor(1) as writer:
-        writes = []
+    with torch.no_grad(), write_behind() as submit:
         for st in dataset.iter_load(todo[rank::world]):
             cid = st.id
             if st.label is None:
@@ -453,9 +456,7 @@ def _preprocess_to_cache(predictor, dataset: Dataset, ids, cache: Path, key: str
             locations = class_locations(label)
             rows = [np.concatenate([np.full((len(v), 1), c), v], 1) for c, v in locations.items()]
             rows = np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
-            writes.append(writer.submit(write, cid, (image.cpu().numpy(), label, rows.astype(np.int64))))
-        for w in writes:
-            w.result()  # surface write errors
+            submit(write, cid, (image.cpu().numpy(), label, rows.astype(np.int64)))
     if world > 1:
         torch.distributed.barrier()
     return len(todo)
