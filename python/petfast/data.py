@@ -280,29 +280,35 @@ def write_phantom_dataset(out, cases: int = 10, tracer: str = "mixed", seed: int
         from tqdm import tqdm
 
         it = tqdm(it, desc="petfast phantom", unit="case")
-    for n in it:
-        tr = tracer if tracer != "mixed" else ("fdg" if n % 2 == 0 else "psma")
-        study_seed = int(rng.integers(2**31))
-        st = make_study(tr, seed=study_seed, scale=scale)
-        patient = f"{study_seed:010x}"[-10:]
-        study_name = f"{1 + n % 28:02d}-{1 + n % 12:02d}-20{10 + n % 10}-NA-PET-CT Ganzkoerper-{n:05d}"
-        cid = f"{tr}_{patient}_{study_name}"
-        ids.append(cid)
-        ctres = resample_ct_to_pet(st.ct, st.ct_affine, st.pet.shape, st.pet_affine, order=3)
-        io.save(out / "imagesTr" / f"{cid}_0000.nii.gz", ctres, st.pet_affine, overwrite=overwrite)
-        io.save(out / "imagesTr" / f"{cid}_0001.nii.gz", st.pet, st.pet_affine, overwrite=overwrite)
-        io.save(out / "labelsTr" / f"{cid}.nii.gz", st.label, st.pet_affine, overwrite=overwrite)
-        if raw:
-            folder = out / "raw" / patient / study_name
-            folder.mkdir(parents=True, exist_ok=True)
-            io.save(folder / "CT.nii.gz", st.ct, st.ct_affine, overwrite=overwrite)
-            io.save(folder / "SUV.nii.gz", st.pet, st.pet_affine, overwrite=overwrite)
-            io.save(folder / "SEG.nii.gz", st.label, st.pet_affine, overwrite=overwrite)
-        voxel_ml = float(np.prod(np.abs(np.diag(st.pet_affine)[:3]))) / 1000
-        rows[tr].append({"case_id": cid, "subject": patient, "study": study_name, "diagnosis": st.diagnosis,
-                         "sex": "M" if tr == "psma" else ("F" if study_seed % 2 else "M"), "age": 40 + study_seed % 45,
-                         "scanner": SCANNERS[st.scanner].name, "lesions": len(st.lesions),
-                         "mtv_ml": round(float(st.label.sum()) * voxel_ml, 3), "seed": study_seed})
+    def save_all(files):
+        for path, data, affine in files:
+            io.save(path, data, affine, overwrite=overwrite)
+
+    with io.write_behind() as write:  # a study's files are written while the next one is made
+        for n in it:
+            tr = tracer if tracer != "mixed" else ("fdg" if n % 2 == 0 else "psma")
+            study_seed = int(rng.integers(2**31))
+            st = make_study(tr, seed=study_seed, scale=scale)
+            patient = f"{study_seed:010x}"[-10:]
+            study_name = f"{1 + n % 28:02d}-{1 + n % 12:02d}-20{10 + n % 10}-NA-PET-CT Ganzkoerper-{n:05d}"
+            cid = f"{tr}_{patient}_{study_name}"
+            ids.append(cid)
+            ctres = resample_ct_to_pet(st.ct, st.ct_affine, st.pet.shape, st.pet_affine, order=3)
+            files = [(out / "imagesTr" / f"{cid}_0000.nii.gz", ctres, st.pet_affine),
+                     (out / "imagesTr" / f"{cid}_0001.nii.gz", st.pet, st.pet_affine),
+                     (out / "labelsTr" / f"{cid}.nii.gz", st.label, st.pet_affine)]
+            if raw:
+                folder = out / "raw" / patient / study_name
+                folder.mkdir(parents=True, exist_ok=True)
+                files += [(folder / "CT.nii.gz", st.ct, st.ct_affine), (folder / "SUV.nii.gz", st.pet, st.pet_affine),
+                          (folder / "SEG.nii.gz", st.label, st.pet_affine)]
+            write(save_all, files)
+            voxel_ml = float(np.prod(np.abs(np.diag(st.pet_affine)[:3]))) / 1000
+            rows[tr].append({"case_id": cid, "subject": patient, "study": study_name, "diagnosis": st.diagnosis,
+                             "sex": "M" if tr == "psma" else ("F" if study_seed % 2 else "M"),
+                             "age": 40 + study_seed % 45, "scanner": SCANNERS[st.scanner].name,
+                             "lesions": len(st.lesions), "mtv_ml": round(float(st.label.sum()) * voxel_ml, 3),
+                             "seed": study_seed})
     _write_json(out / "dataset.json", {
         "name": "petfast synthetic autoPET", "description": "Synthetic whole-body FDG/PSMA PET/CT (petfast.phantom); not patient data",
         "channel_names": CHANNELS, "labels": {"background": 0, "lesion": 1}, "numTraining": len(ids),
