@@ -274,6 +274,20 @@ def test_cpu_batch_size_follows_the_patch(model_dir):
     assert petfast.Predictor.from_nnunet(model_dir, device="cpu", batch_size=3).batch_size == 3
 
 
+def test_the_network_stage_runs_without_autograd(model_dir, monkeypatch):
+    """The benchmarks (and bench/gpu/network_ab.py's fused-norm decision) time _sliding_window
+    directly: it must not track gradients, or the fused norm (inference only) would never run."""
+    from petfast.nnunet import networks
+
+    calls = []
+    real = networks.instance_norm_act
+    monkeypatch.setattr(networks, "instance_norm_act", lambda *a, **k: calls.append(1) or real(*a, **k))
+    pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu")
+    data = torch.from_numpy(make_case(33))
+    seg, logits = pred._sliding_window(data, True)
+    assert calls and not logits.requires_grad and seg.shape == data.shape[1:]
+
+
 def test_cpu_precision(model_dir, monkeypatch):
     # 'auto' on the CPU: bfloat16 where the CPU has it natively, else float32 (nnU-Net's CPU path).
     for native, expected in ((True, "bf16"), (False, "fp32")):

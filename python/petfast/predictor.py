@@ -417,6 +417,9 @@ class Predictor:
             out = part.clone() if out is None else out.add_(part)
         return out.div_(len(mirrors) * len(self.networks))
 
+    # Without autograd whoever calls it (as nnU-Net's predict_sliding_window_return_logits): the
+    # benchmarks call this stage directly, and with gradients tracked the fused norm never runs.
+    @torch.inference_mode()
     def _sliding_window(self, data: torch.Tensor, return_logits: bool):
         tiles_per_call = max(1, self.batch_size // len(self._mirrors()))
         kw = dict(patch_size=self.patch_size, num_outputs=self.num_classes, step=self.step, batch_size=tiles_per_call,
