@@ -331,6 +331,43 @@ def _stats_nan_cases(device):
         petfast.component_stats(as_kind(labels), as_kind(image))
 
 
+def _stats_count_cases(device, rng):
+    """label()'s count given to component_stats: the same statistics without finding it again; a
+    count below the largest label, or negative labels, are an error, not rows silently left out."""
+    torch = pytest.importorskip("torch") if device != "numpy" else None
+    as_kind = (lambda x: x) if torch is None else (lambda x: torch.from_numpy(x).to(device))
+    mask = (rng.random((19, 17, 23)) < 0.25).astype(np.uint8)
+    image = rng.normal(3, 1, mask.shape).astype(np.float32)
+    labels, n = petfast.label(mask, 26)
+    ref = petfast.component_stats(as_kind(labels), as_kind(image), (2, 2, 3))
+    inputs = [(labels, image)] + ([(np.asfortranarray(labels), np.asfortranarray(image))] if torch is None else [])
+    for lab, img in inputs:
+        st = petfast.component_stats(as_kind(lab), as_kind(img), (2, 2, 3), count=n)
+        for key in ref:
+            np.testing.assert_allclose(st[key], ref[key], rtol=1e-12, err_msg=key)
+    more = petfast.component_stats(as_kind(labels), as_kind(image), (2, 2, 3), count=n + 2)
+    assert list(more["voxels"][-2:]) == [0, 0] and np.isnan(more["mean"][-1])  # labels with no voxels
+    with pytest.raises(ValueError, match=rf"\d+ voxels have labels outside 0..{n - 1}"):
+        petfast.component_stats(as_kind(labels), as_kind(image), (2, 2, 3), count=n - 1)
+    negative = labels.copy()
+    negative[negative == 1] = -5
+    with pytest.raises(ValueError, match="labels outside 0.."):
+        petfast.component_stats(as_kind(negative), None, count=n)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="count must be a non-negative integer"):
+            petfast.component_stats(as_kind(labels), count=bad)
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_stats_with_the_label_count(device, rng):
+    _stats_count_cases(device, rng)
+
+
+@pytest.mark.cuda
+def test_cuda_stats_with_the_label_count(rng):
+    _stats_count_cases("cuda", rng)
+
+
 @pytest.mark.parametrize("device", ["numpy", "cpu"])
 def test_stats_nan_inside_components_is_an_error(device):
     _stats_nan_cases(device)

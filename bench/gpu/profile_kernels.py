@@ -42,7 +42,8 @@ def main(out):
     x = torch.from_numpy(cases["sparse"]).cuda()
     labels, count = petfast.label(x, 26)
     pet = torch.rand(x.shape, device="cuda") * 10
-    parts.append(report("component_stats sparse", lambda: petfast.component_stats(labels, pet, (2.04, 2.04, 3.0))))
+    parts.append(report("component_stats sparse",
+                        lambda: petfast.component_stats(labels, pet, (2.04, 2.04, 3.0), count=count)))
     v = torch.randn(2, 326, 400, 400, device="cuda")
     patch = (128, 128, 128)
     origins = patches.tile_origins(v.shape[1:], patch)[:8]

@@ -23,7 +23,10 @@ void accumulate(const Volume& labels, const Volume* image, int64_t count, double
         const int32_t* row = lab + i * labels.strides[0] + j * labels.strides[1];
         if (contiguous_rows && (k = first_nonzero(row, k, labels.shape[2])) >= labels.shape[2]) break;
         const int32_t l = row[k * labels.strides[2]];
-        if (l <= 0 || l > count) continue;
+        if (l <= 0 || l > count) {
+          if (l != 0) acc[1] += 1.0;  // a label outside 1..count: counted in row 0 (the caller raises)
+          continue;
+        }
         double* a = acc + l * kStatsColumns;
         a[0] += 1.0;
         a[1] += double(i);

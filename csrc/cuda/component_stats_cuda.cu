@@ -70,7 +70,10 @@ __global__ void stats_kernel(const int32_t* __restrict__ lab, Volume labels, con
         r.label = l;
         r.k_min = k;
       }
-      if (l <= 0 || l > count) continue;
+      if (l <= 0 || l > count) {
+        if (l != 0) atomicAdd(acc + 1, 1.0);  // a label outside 1..count: counted in row 0 (the caller raises)
+        continue;
+      }
       r.k_max = k;
       ++r.voxels;
       r.sum_k += k;

@@ -38,8 +38,8 @@ int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const 
 // Per-label statistics of int32 labels 1..count: acc is (count + 1) x kStatsColumns float64 rows
 // (voxels, sum i, sum j, sum k, image sum, image max) and box (count + 1) x 6 int32 rows
 // (min i, max i, min j, max j, min k, max k), filled by the op (the caller allocates them). Row 0
-// belongs to no label: acc[0][0] counts the labelled voxels whose image value is NaN. image may be
-// null.
+// belongs to no label: acc[0][0] counts the labelled voxels whose image value is NaN, acc[0][1] the
+// voxels whose label is outside 0..count (neither is added to any row). image may be null.
 constexpr int kStatsColumns = 6;
 PF_HOST_DEVICE inline void init_stats_row(int64_t l, double* acc, int32_t* box) {
   for (int c = 0; c < 5; ++c) acc[l * kStatsColumns + c] = 0.0;

@@ -147,19 +147,22 @@ def _spacing(spacing) -> np.ndarray:
     return s
 
 
-def component_stats(labels, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats:
+def component_stats(labels, image=None, spacing=(1.0, 1.0, 1.0), count=None) -> ComponentStats:
     """Statistics of each labelled component in one pass over the volume (CPU or CUDA).
 
     labels: int32 labels 1..N as :func:`label` returns (0 background). image: optional volume of the
     same shape on the same device (e.g. PET in SUV). spacing: voxel size in mm along (i, j, k).
-    Returns a :class:`ComponentStats` of numpy arrays (small, one row per component). A NaN image
-    value inside a component is a ValueError (outside the components the image is not read).
+    count: N, as :func:`label` returns it; saves finding it, a pass over the labels (half the time on
+    the CPU). Returns a :class:`ComponentStats` of numpy arrays (small, one row per label 1..N; a
+    label with no voxels has 0 voxels and NaN means). A NaN image value inside a component, and a
+    label outside 0..count, are a ValueError (outside the components the image is not read).
     """
-    return _stats(labels, None, image, spacing)
+    if count is not None and (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0):
+        raise ValueError(f"count must be a non-negative integer (as petfast.label returns it), got {count!r}")
+    return _stats(labels, count, image, spacing)
 
 
 def _stats(labels, count, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats:
-    """component_stats with the label count known (as label() returns it), saving a pass."""
     lab = _arrays.c_order_on_cuda(_labels(labels))
     sp = _spacing(spacing)
     img = None
@@ -174,7 +177,10 @@ def _stats(labels, count, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats
     box = _arrays.empty(lab, (count + 1, 6, 1), np.int32, axis_order=(0, 1, 2))
     _C.component_stats(lab.spec(), img.spec() if img else None, count, acc.spec(), box.spec(), lab.stream())
     a = _to_numpy(acc.obj)[:, :, 0]
-    if a[0, 0] > 0:  # the op counts the NaN image values it met inside components in row 0
+    if a[0, 1] > 0:  # row 0: the voxels whose label is outside 0..count, then the NaN image values
+        raise ValueError(f"{int(a[0, 1])} voxels have labels outside 0..{count}: count must be the largest "
+                         "label (as petfast.label returns it), and labels are not negative")
+    if a[0, 0] > 0:
         raise ValueError(f"image contains NaN values inside the components ({int(a[0, 0])} voxels)")
     a = a[1:]
     b = _to_numpy(box.obj)[1:, :, 0]
