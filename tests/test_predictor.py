@@ -7,7 +7,6 @@ to float32 rounding.
 """
 import functools
 import json
-import warnings
 
 import numpy as np
 import pytest
