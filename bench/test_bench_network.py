@@ -1,8 +1,13 @@
-"""The network at inference: petfast's fused instance norm + residual + LeakyReLU against torch's
-InstanceNorm3d and LeakyReLU modules, alone and inside whole networks.
+"""The network at inference: petfast's fused ops against torch's modules, alone and inside whole
+networks.
 
-- Kernel: float32 activations (2, 32, 48, 80, 80) on the CPU (--full: (2, 32, 64, 128, 128)); on
-  the GPU float16 (8, 32, 128, 128, 128), the first stage of a batch of 8 'default'-preset tiles.
+- Norm kernel (instance norm + residual + LeakyReLU against torch's InstanceNorm3d and LeakyReLU):
+  float32 activations (2, 32, 48, 80, 80) on the CPU (--full: (2, 32, 64, 128, 128)); on the GPU
+  float16 (8, 32, 128, 128, 128), the first stage of a batch of 8 'default'-preset tiles.
+- Decoder upsampling + concatenation (against ConvTranspose3d + torch.cat), CPU, channels-last:
+  the last decoder stage of petfast's default model on a batch of 2 patches, 16 -> 8 channels
+  upsampled to 48 x 80 x 80 and an 8-channel skip (--full: 32 -> 16 channels to 64 x 128 x 128),
+  float32 and bfloat16.
 - Network: petfast's default model on a batch of 2 of its patches on the CPU (its Predictor's
   setting), channels-last as the Predictor runs it there.
 """
@@ -11,7 +16,7 @@ import pytest
 
 import petfast
 from petfast.nnunet import Plans, build_network, networks
-from petfast.nnunet.networks import instance_norm_act
+from petfast.nnunet.networks import instance_norm_act, upsample_concat
 from petfast.predictor import DEFAULT_MODEL
 
 from _benchdata import synced
@@ -61,6 +66,34 @@ def test_cpu_norm_act_torch(benchmark, record, activations, layout):
     record(benchmark.group, "torch InstanceNorm3d + LeakyReLU")
 
 
+def _decoder_stage(full, dtype):
+    cin, cu, spatial = (32, 16, (32, 64, 64)) if full else (16, 8, (24, 40, 40))
+    g = torch.Generator().manual_seed(0)
+    up = torch.nn.ConvTranspose3d(cin, cu, 2, 2).eval().to(dtype)
+    cl = torch.channels_last_3d
+    x = torch.randn(2, cin, *spatial, generator=g).to(dtype).contiguous(memory_format=cl)
+    skip = torch.randn(2, cu, *[2 * n for n in spatial], generator=g).to(dtype).contiguous(memory_format=cl)
+    return up, x, skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_cpu_upsample_concat_petfast(benchmark, record, full, dtype):
+    up, x, skip = _decoder_stage(full, dtype)
+    benchmark.group = f"upsample-concat-cpu-{str(dtype)[6:]}"
+    with torch.inference_mode():
+        benchmark(upsample_concat, x, up, skip)
+    record(benchmark.group, "petfast (matrix product + one pass)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_cpu_upsample_concat_torch(benchmark, record, full, dtype):
+    up, x, skip = _decoder_stage(full, dtype)
+    benchmark.group = f"upsample-concat-cpu-{str(dtype)[6:]}"
+    with torch.inference_mode():
+        benchmark(lambda: torch.cat((up(x), skip), 1))
+    record(benchmark.group, "torch ConvTranspose3d + cat")
+
+
 @pytest.fixture(scope="module")
 def default_network():
     plans = Plans(DEFAULT_MODEL / "plans.json")
@@ -74,7 +107,7 @@ def test_cpu_network_petfast(benchmark, record, default_network):
     benchmark.group = "network-cpu"
     with torch.inference_mode():
         benchmark(net, x)
-    record(benchmark.group, "petfast (fused norm)")
+    record(benchmark.group, "petfast (fused ops)")
 
 
 def test_cpu_network_torch(benchmark, record, default_network, monkeypatch):

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <atomic>
 #include <thread>
 
@@ -27,6 +28,7 @@ void accumulate_tiles(const NdView& tiles, const NdView& weight_map, const TileO
 void finalize_tiles(const NdView& acc, const NdView& labels, uintptr_t stream);
 void instance_norm_act(const NdView& x, const NdView* residual, const NdView& gamma, const NdView& beta,
                        const NdView& out, double eps, double slope, const NdView* stats, uintptr_t stream);
+void upsample_concat(const NdView& rows, const NdView& skip, const NdView& out, const int64_t factor[3]);
 
 namespace {
 std::atomic<int> g_threads{int(std::max(1u, std::thread::hardware_concurrency()))};
@@ -209,6 +211,14 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("x"), py::arg("residual"), py::arg("gamma"), py::arg("beta"), py::arg("out"), py::arg("eps"),
       py::arg("slope"), py::arg("stats"), py::arg("stream"));
+  m.def(
+      "upsample_concat",
+      [](py::tuple rows, py::tuple skip, py::tuple out, std::array<int64_t, 3> factor) {
+        NdView r = to_ndview(rows), s = to_ndview(skip), o = to_ndview(out);
+        py::gil_scoped_release release;
+        upsample_concat(r, s, o, factor.data());
+      },
+      py::arg("rows"), py::arg("skip"), py::arg("out"), py::arg("factor"));
   m.def(
       "convolve_axis",
       [](py::tuple src, py::tuple dst, int axis, std::vector<float> taps, uintptr_t stream) {

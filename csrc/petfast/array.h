@@ -32,6 +32,16 @@ inline const char* dtype_name(DType t) {
   return "unknown";
 }
 
+inline int64_t element_size(DType t) {
+  switch (t) {
+    case DType::UInt8: return 1;
+    case DType::Int16: case DType::Float16: case DType::BFloat16: return 2;
+    case DType::Int32: case DType::Float32: return 4;
+    case DType::Float64: return 8;
+  }
+  return 0;
+}
+
 struct Volume {
   void* data = nullptr;
   DType dtype = DType::Float32;

@@ -74,6 +74,14 @@ void finalize_tiles_cpu(const NdView& acc, const NdView& labels);
 void instance_norm_act_cpu(const NdView& x, const NdView* residual, const NdView& gamma, const NdView& beta,
                            const NdView& out, double eps, double slope);
 
+// The decoder's transposed convolution (kernel == stride == factor) and skip concatenation, for
+// channels-last inference on the CPU. rows (M, K), C-contiguous: one row per input voxel
+// (n, z, y, x) in raster order, K = fa * fb * fc * Cu values ordered (a, b, c, channel): the
+// transposed convolution's output for voxel (n, fa z + a, fb y + b, fc x + c). skip (N, Cs, D, H,
+// W) and out (N, Cu + Cs, D, H, W) channels-last contiguous, D = fa Z, H = fb Y, W = fc X; one
+// dtype. out[:, :Cu] = the rows' values, out[:, Cu:] = skip.
+void upsample_concat_cpu(const NdView& rows, const NdView& skip, const NdView& out, const int64_t factor[3]);
+
 #ifndef PETFAST_WITH_CUDA
 // What a CUDA array meets in a build without the CUDA kernels.
 [[noreturn]] inline void no_cuda() {

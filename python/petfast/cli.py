@@ -441,6 +441,7 @@ def main(argv=None) -> int:
     # torch's, then share the cores with them. Sleeping threads make CPU inference about 20 % faster
     # (demo network 6.5 -> 5.1 s on 2 cores) and leave training unchanged. Must precede torch's import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -450,6 +451,29 @@ def main(argv=None) -> int:
         # Warnings as one line each, above any progress bar (tqdm.write), not as source locations.
         warnings.showwarning = lambda message, *_, **__: _tqdm_write(f"petfast {args.command}: warning: {message}")
         return _run(args)
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc's malloc keep freed memory for the next allocation instead of returning it to the
+    system. By default every block over its mmap threshold (128 kB to 32 MB) is mapped on allocation
+    and unmapped on release, so each activation of each network call faults its pages in afresh:
+    11,700 page faults and 37 ms of system time per call of the default model on the CPU, a quarter
+    of the call. Blocks up to 1 GB now come from the heap, and up to 2 GB of free heap stay with the
+    process (which holds its peak memory between cases, as torch's CUDA allocator does on a GPU).
+    Only for the command line: a library does not change its host process's allocator. Skipped where
+    the user set glibc's malloc tunables, or on another C library."""
+    if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ) or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    mallopt(m_mmap_threshold, ctypes.c_int(1 << 30))
+    mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))
 
 
 def _tqdm_write(line: str) -> None:

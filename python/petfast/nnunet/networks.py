@@ -10,8 +10,10 @@ holds the encoder.
 
 At inference (activations that need no gradient, on the devices in ``FUSED_DEVICES``) each
 InstanceNorm runs fused with the residual sum and LeakyReLU after it, in place, by petfast's
-``instance_norm_act`` kernel: two passes over the activations instead of four or five. Training
-runs torch's modules.
+``instance_norm_act`` kernel: two passes over the activations instead of four or five; and on the
+CPU, with channels-last activations, each decoder stage's transposed convolution and concatenation
+with the skip are one matrix product and one pass (``upsample_concat``). Training runs torch's
+modules.
 """
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ from torch import nn
 
 from .. import _C
 
-# Devices whose inference runs the fused kernel. CUDA joins once bench/gpu/network_ab.py has measured
-# it against torch's modules on hardware (its kernel is tested against the CPU twin there); the
-# benchmarks set this to compare the two.
+# Devices whose inference runs petfast's fused ops (upsample_concat: the CPU only). CUDA joins once
+# bench/gpu/network_ab.py has measured the fused norm against torch's modules on hardware (its
+# kernel is tested against the CPU twin there); the benchmarks and tests set this to compare the two.
 FUSED_DEVICES = {"cpu"}
 _CODES = {torch.float32: 3, torch.float16: 5, torch.bfloat16: 6}  # csrc/petfast/array.h DType
 
@@ -67,6 +69,43 @@ def instance_norm_act(x: torch.Tensor, norm: nn.InstanceNorm3d, slope: float = 1
     _C.instance_norm_act(view(x), None if residual is None else view(residual), w, b, view(x), float(norm.eps),
                          float(slope), None if stats is None else stats_view, stream or 0)
     return x
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    """Dense channels-last strides, size-1 axes included (torch's check lets those be anything)."""
+    n, c, d, h, w = t.shape
+    return t.stride() == (d * h * w * c, 1, h * w * c, w * c, c)
+
+
+def _concat_fusable(x: torch.Tensor, up: nn.ConvTranspose3d, skip: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and "cpu" in FUSED_DEVICES and not x.requires_grad and x.dim() == 5
+            and x.dtype in _CODES and skip.dtype in _CODES and _channels_last(x) and _channels_last(skip)
+            and tuple(up.kernel_size) == tuple(up.stride) and not any(up.padding) and not any(up.output_padding)
+            and tuple(up.dilation) == (1, 1, 1) and up.groups == 1
+            and skip.shape[2:] == tuple(n * f for n, f in zip(x.shape[2:], up.stride)) and skip.shape[0] == x.shape[0])
+
+
+def upsample_concat(x: torch.Tensor, up: nn.ConvTranspose3d, skip: torch.Tensor) -> torch.Tensor:
+    """``torch.cat((up(x), skip), 1)`` for channels-last inference on the CPU, where ``up`` is the
+    decoder's transposed convolution (kernel == stride, as in every nnU-Net plan). Each input voxel
+    maps to its own block of output voxels, so ``up`` is one matrix product (with the bias; under
+    autocast in its dtype, as the convolution would be), and petfast's ``upsample_concat`` op writes
+    its rows and the skip into the concatenated channels-last output in one pass."""
+    n, cin = x.shape[:2]
+    cu, factor = up.out_channels, tuple(up.stride)
+    volume = factor[0] * factor[1] * factor[2]
+    weight = up.weight.permute(0, 2, 3, 4, 1).reshape(cin, volume * cu)  # (cin, a, b, c, cu)
+    rows = x.permute(0, 2, 3, 4, 1).reshape(-1, cin)  # a view of channels-last x
+    rows = torch.mm(rows, weight) if up.bias is None else torch.addmm(up.bias.repeat(volume), rows, weight)
+    dtype = torch.promote_types(rows.dtype, skip.dtype)
+    rows, skip = rows.to(dtype).contiguous(), skip.to(dtype)
+    out = torch.empty((n, cu + skip.shape[1], *skip.shape[2:]), dtype=dtype, memory_format=torch.channels_last_3d)
+
+    def view(t):
+        return t.data_ptr(), _CODES[dtype], tuple(t.shape), t.stride(), -1
+
+    _C.upsample_concat(view(rows), view(skip), view(out), factor)
+    return out
 
 
 class ConvNormReLU(nn.Module):
@@ -195,7 +234,9 @@ class UNetDecoder(nn.Module):
         x = skips[-1]
         outputs = []
         for s in range(len(self.stages)):
-            x = self.stages[s](torch.cat((self.transpconvs[s](x), skips[-(s + 2)]), 1))
+            up, skip = self.transpconvs[s], skips[-(s + 2)]
+            x = self.stages[s](upsample_concat(x, up, skip) if _concat_fusable(x, up, skip)
+                               else torch.cat((up(x), skip), 1))
             if self.deep_supervision:
                 outputs.append(self.seg_layers[s](x))
         return outputs[::-1] if self.deep_supervision else self.seg_layers[-1](x)

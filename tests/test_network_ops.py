@@ -1,5 +1,7 @@
-"""The fused instance norm + residual + LeakyReLU kernel against torch in float64, CUDA against the
-CPU twin, and whole networks with the kernel against the same networks with torch's modules."""
+"""petfast's inference ops inside nnU-Net networks: the fused instance norm + residual + LeakyReLU
+kernel against torch in float64 and CUDA against the CPU twin; the decoder's upsampling +
+concatenation against torch's transposed convolution and cat; whole networks with the ops against
+the same networks with torch's modules."""
 import copy
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from petfast import _C  # noqa: E402
 from petfast.nnunet import Plans, build_network, networks  # noqa: E402
-from petfast.nnunet.networks import instance_norm_act  # noqa: E402
+from petfast.nnunet.networks import instance_norm_act, upsample_concat  # noqa: E402
 from petfast.predictor import DEFAULT_MODEL  # noqa: E402
 
 LAYOUTS = {"planar": torch.contiguous_format, "channels-last": torch.channels_last_3d}
@@ -132,6 +134,76 @@ def test_kernel_rejects_bad_arguments():
                              **call)
     with pytest.raises(ValueError, match="eps"):
         _C.instance_norm_act(view(x), out=view(x), **{**call, "eps": 0.0})
+
+
+def decoder_inputs(cin, cu, cs, spatial, factor, dtype, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    up = torch.nn.ConvTranspose3d(cin, cu, factor, factor, bias=bias).eval()
+    x = torch.randn(2, cin, *spatial, generator=g).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    skip = torch.randn(2, cs, *[n * f for n, f in zip(spatial, factor)], generator=g).to(dtype)
+    return up, x, skip.contiguous(memory_format=torch.channels_last_3d)
+
+
+# Factors of nnU-Net plans ((2, 2, 2), (1, 2, 2)) and odd ones; channel runs of 8-byte words and
+# of single elements (3 and 5 channels); with and without bias.
+@pytest.mark.parametrize("cin,cu,cs,spatial,factor,bias", [
+    (16, 8, 8, (6, 10, 10), (2, 2, 2), True),
+    (32, 16, 16, (3, 5, 7), (1, 2, 2), False),
+    (8, 3, 5, (2, 3, 4), (2, 1, 3), True),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_upsample_concat_equals_transposed_conv_and_cat(cin, cu, cs, spatial, factor, bias, dtype):
+    up, x, skip = decoder_inputs(cin, cu, cs, spatial, factor, dtype, bias)
+    up = up.to(dtype)
+    with torch.inference_mode():
+        assert networks._concat_fusable(x, up, skip)
+        ours, ref = upsample_concat(x, up, skip), torch.cat((up(x), skip), 1)
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape
+    assert ours.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(ours[:, cu:], skip)
+    # The same dot products as oneDNN's transposed convolution: equal, or a rounding of the dtype apart.
+    np.testing.assert_allclose(ours.double().numpy(), ref.double().numpy(), rtol=0, atol=DTYPES[dtype] * 8)
+
+
+def test_upsample_concat_under_autocast_matches_the_convolution():
+    up, x, skip = decoder_inputs(16, 8, 8, (4, 6, 8), (2, 2, 2), torch.bfloat16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, ref = upsample_concat(x, up, skip), torch.cat((up(x), skip), 1)
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    np.testing.assert_allclose(ours.float().numpy(), ref.float().numpy(), rtol=0, atol=3e-2)
+
+
+def test_upsample_concat_only_where_it_applies():
+    up, x, skip = decoder_inputs(16, 8, 8, (4, 6, 8), (2, 2, 2), torch.float32)
+    with torch.inference_mode():
+        assert networks._concat_fusable(x, up, skip)
+        assert not networks._concat_fusable(x.contiguous(), up, skip)  # planar activations
+        assert not networks._concat_fusable(x, up, skip[:, :, :-1].contiguous(memory_format=torch.channels_last_3d))
+        overlapping = torch.nn.ConvTranspose3d(16, 8, 3, 2, padding=1, output_padding=1)
+        assert not networks._concat_fusable(x, overlapping, skip)
+    assert not networks._concat_fusable(x.requires_grad_(), up, skip)  # training: torch's modules
+
+
+def test_upsample_concat_kernel_rejects_bad_arguments():
+    rows, skip = torch.zeros(2 * 2 * 3 * 4, 8 * 4), torch.zeros(2, 4, 4, 6, 8).contiguous(memory_format=torch.channels_last_3d)
+    out = torch.empty(2, 8, 4, 6, 8).contiguous(memory_format=torch.channels_last_3d)
+
+    def v(t, code=3):
+        return t.data_ptr(), code, tuple(t.shape), t.stride(), -1
+
+    _C.upsample_concat(v(rows), v(skip), v(out), (2, 2, 2))  # each call below gets one thing wrong
+    with pytest.raises(ValueError, match="dtype"):
+        _C.upsample_concat(v(rows), v(skip, 5), v(out), (2, 2, 2))
+    with pytest.raises(ValueError, match="multiple of the factor"):
+        _C.upsample_concat(v(rows), v(skip), v(out), (2, 2, 3))
+    with pytest.raises(ValueError, match="rows must be contiguous"):
+        _C.upsample_concat(v(rows[:, :16]), v(skip), v(out), (2, 2, 2))
+    with pytest.raises(ValueError, match="channels-last"):
+        _C.upsample_concat(v(rows), v(skip.contiguous()), v(out), (2, 2, 2))
+    with pytest.raises(ValueError, match="spatial shape"):
+        _C.upsample_concat(v(rows), v(torch.zeros(2, 4, 4, 6, 6)), v(out), (2, 2, 2))
+    with pytest.raises(ValueError, match="more channels than the skip"):
+        _C.upsample_concat(v(rows), v(out), v(out), (2, 2, 2))
 
 
 def small_network(cls_name):
