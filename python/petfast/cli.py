@@ -251,7 +251,7 @@ def _predict(args) -> int:
     print(f"model {args.model}: {predictor.configuration}, {len(predictor.networks)} fold(s), patch "
           f"{'x'.join(map(str, predictor.patch_size))}, TTA {'over axes ' + str(predictor.mirror_axes) if predictor.mirror_axes else 'off'}, "
           f"{predictor.device}, {predictor.precision} (loaded in {time.perf_counter() - t0:.1f} s)")
-    total = len(predictor.find_cases(args.input))
+    total = len(predictor.find_cases(args.input)) if args.resume else 0  # to report the cases --continue skips
     failed = None
     try:
         rows = predictor.predict_files(args.input, args.output, probabilities=args.probabilities,
@@ -260,7 +260,7 @@ def _predict(args) -> int:
     except CasesFailed as e:
         rows, failed = e.rows, e
     skipped = total - len(rows) - (len(failed.errors) if failed else 0)
-    if skipped and args.resume:
+    if skipped > 0 and not (failed and failed.stopped):  # a stopped run did not reach the rest
         print(f"{skipped} case(s) skipped: their outputs exist (--continue)")
     stages = ("read_wait", "preprocess", "network", "export", "total")
     if rows:
