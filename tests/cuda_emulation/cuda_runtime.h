@@ -1,0 +1,182 @@
+// A host stand-in for the CUDA runtime, for tests/test_cuda_emulation.py: petfast's CUDA sources
+// compile as C++ against it (the test turns each kernel<<<grid, block, shmem, stream>>>(args) into
+// emu::launch(kernel, grid, block, shmem, stream, args)), and "device" pointers are host memory.
+// A launch runs its blocks one after another and each block's threads as fibers (ucontext): the
+// scheduler resumes a random runnable thread, __syncthreads waits for the whole block, a warp
+// shuffle for the warp's live lanes, and every atomic first yields, so that unions and finds of
+// different threads interleave as on a GPU. Not modelled: a GPU's weak memory ordering (loads here
+// are never stale), warp divergence rules beyond the shuffle barrier, launch limits, and speed.
+#pragma once
+#include <ucontext.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <vector>
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __constant__ static
+#define __shared__ static
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct uint4 { unsigned x, y, z, w; };
+inline dim3 blockIdx, threadIdx, blockDim, gridDim;
+typedef int cudaError_t;
+typedef void* cudaStream_t;
+enum { cudaSuccess = 0, cudaMemcpyDeviceToHost = 2, cudaMemcpyHostToDevice = 1 };
+inline const char* cudaGetErrorString(cudaError_t) { return "emulated"; }
+inline cudaError_t cudaGetLastError() { return 0; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return 0; }
+inline cudaError_t cudaSetDevice(int) { return 0; }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) { std::memset(p, v, n); return 0; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, int, cudaStream_t = nullptr) { std::memcpy(d, s, n); return 0; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return 0; }
+using std::max;
+using std::min;
+
+namespace emu {
+enum State { kReady, kBlockBarrier, kWarpBarrier, kDone };
+struct Fiber {
+  ucontext_t ctx;
+  std::vector<char> stack;
+  State state = kReady;
+  dim3 tid;
+  int lane = 0, warp = 0;
+};
+inline ucontext_t scheduler;
+inline std::vector<Fiber> fibers;
+inline Fiber* current = nullptr;
+inline std::function<void()> body;
+inline std::mt19937_64 rng(7);
+inline long long shfl_buf[32][32];  // per warp of a block (at most 1024 threads), per lane
+
+inline void yield(State s) {
+  current->state = s;
+  swapcontext(&current->ctx, &scheduler);
+}
+inline void trampoline() {
+  body();
+  current->state = kDone;
+  swapcontext(&current->ctx, &scheduler);
+}
+inline void run_block(unsigned nthreads) {
+  if (fibers.size() < nthreads) fibers.resize(nthreads);
+  for (unsigned t = 0; t < nthreads; ++t) {
+    Fiber& f = fibers[t];
+    f.stack.resize(64 * 1024);  // petfast's kernels keep a few hundred bytes of locals
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack.data();
+    f.ctx.uc_stack.ss_size = f.stack.size();
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, trampoline, 0);
+    f.state = kReady;
+    f.tid = dim3(t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y));
+    f.lane = int(t % 32);
+    f.warp = int(t / 32);
+  }
+  std::vector<unsigned> ready;
+  while (true) {
+    ready.clear();
+    for (unsigned t = 0; t < nthreads; ++t)
+      if (fibers[t].state == kReady) ready.push_back(t);
+    if (!ready.empty()) {
+      current = &fibers[ready[rng() % ready.size()]];
+      threadIdx = current->tid;
+      swapcontext(&scheduler, &current->ctx);
+      continue;
+    }
+    bool released = false;
+    for (unsigned w = 0; w * 32 < nthreads; ++w) {
+      bool any = false, all = true;
+      for (unsigned t = w * 32; t < std::min(nthreads, w * 32 + 32); ++t) {
+        any |= fibers[t].state == kWarpBarrier;
+        all &= fibers[t].state == kWarpBarrier || fibers[t].state == kDone;
+      }
+      if (any && all) {
+        for (unsigned t = w * 32; t < std::min(nthreads, w * 32 + 32); ++t)
+          if (fibers[t].state == kWarpBarrier) fibers[t].state = kReady;
+        released = true;
+      }
+    }
+    if (released) continue;
+    bool any = false, all = true;
+    for (unsigned t = 0; t < nthreads; ++t) {
+      any |= fibers[t].state == kBlockBarrier;
+      all &= fibers[t].state == kBlockBarrier || fibers[t].state == kDone;
+    }
+    if (any && all) {
+      for (unsigned t = 0; t < nthreads; ++t)
+        if (fibers[t].state == kBlockBarrier) fibers[t].state = kReady;
+      continue;
+    }
+    if (any || !all) {
+      std::fprintf(stderr, "emulated launch deadlocked (a barrier not every thread reaches)\n");
+      std::abort();
+    }
+    break;  // every thread done
+  }
+  current = nullptr;
+}
+template <typename K, typename... A>
+void launch(K kernel, dim3 grid, dim3 block, int, cudaStream_t, A... args) {
+  gridDim = grid;
+  blockDim = block;
+  body = [&] { kernel(args...); };
+  const unsigned n = block.x * block.y * block.z;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        blockIdx = dim3(bx, by, bz);
+        run_block(n);
+      }
+}
+template <typename K, typename... A>
+void launch(K kernel, unsigned grid, unsigned block, int s, cudaStream_t st, A... args) {
+  launch(kernel, dim3(grid), dim3(block), s, st, args...);
+}
+template <typename K, typename... A>
+void launch(K kernel, dim3 grid, unsigned block, int s, cudaStream_t st, A... args) {
+  launch(kernel, grid, dim3(block), s, st, args...);
+}
+template <typename K, typename... A>
+void launch(K kernel, unsigned grid, dim3 block, int s, cudaStream_t st, A... args) {
+  launch(kernel, dim3(grid), block, s, st, args...);
+}
+inline void preemption_point() {
+  if (current) yield(kReady);
+}
+}  // namespace emu
+
+inline void __syncthreads() { emu::yield(emu::kBlockBarrier); }
+template <typename T>
+T __shfl_up_sync(unsigned, T v, int d) {
+  const int lane = emu::current->lane, warp = emu::current->warp;
+  long long bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  emu::shfl_buf[warp][lane] = bits;
+  emu::yield(emu::kWarpBarrier);
+  T r = v;
+  if (lane >= d) std::memcpy(&r, &emu::shfl_buf[warp][lane - d], sizeof(T));
+  emu::yield(emu::kWarpBarrier);
+  return r;
+}
+inline int atomicMin(int* p, int v) { emu::preemption_point(); int o = *p; *p = std::min(o, v); return o; }
+inline int atomicMax(int* p, int v) { emu::preemption_point(); int o = *p; *p = std::max(o, v); return o; }
+inline int atomicAdd(int* p, int v) { emu::preemption_point(); int o = *p; *p += v; return o; }
+inline double atomicAdd(double* p, double v) { emu::preemption_point(); double o = *p; *p += v; return o; }
+inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long c, unsigned long long v) {
+  emu::preemption_point(); unsigned long long o = *p; if (o == c) *p = v; return o;
+}
+inline long long __double_as_longlong(double d) { long long r; std::memcpy(&r, &d, 8); return r; }
+inline double __longlong_as_double(long long l) { double r; std::memcpy(&r, &l, 8); return r; }
+inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
