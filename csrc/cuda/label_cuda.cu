@@ -191,7 +191,8 @@ __global__ void members_kernel(int* out, int64_t n) {
     int p = out[v];
     if (p <= 0) continue;
     while (p > 0) p = out[p - 1];
-    out[v] = p;
+    // Every entry on the path takes the label too (all of them share it): later walks stop there.
+    for (int w = int(v), next; (next = out[w]) > 0; w = next - 1) out[w] = p;
   }
 }
 
@@ -301,7 +302,13 @@ __global__ void block_compress_kernel(Blocks g, int* parent, const uint8_t* __re
     const unsigned bits = occupancy[b];
     if (bits == 0) continue;
     const int r = find_root(parent, int(b));
-    parent[b] = r + 1;
+    // Path compression, safe now that the unions are done: every entry on b's path gets the final
+    // root (threads sharing a path write the same value), so later walks through it take one step.
+    for (int v = int(b); v != r;) {
+      const int next = parent[v] - 1;
+      parent[v] = r + 1;
+      v = next;
+    }
     int bi, bj, bk;
     coords(g.b1, g.b2, b, bi, bj, bk);
     atomicMin(first + r, voxel_of(g, bi, bj, bk, __ffs(bits) - 1));
