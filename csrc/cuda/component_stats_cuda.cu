@@ -1,4 +1,4 @@
-// CUDA twin of cpu/component_stats_cpu.cpp. One CUDA block per row (i, j) of the labels; each
+// CUDA twin of cpu/component_stats_cpu.cpp. A line of threads per row (i, j) of the labels; each
 // thread sums a run of voxels along k while the label stays the same and adds the run to its
 // label's row with one set of atomics (a lesion's row costs a few, not one per voxel).
 #include <algorithm>
@@ -11,6 +11,7 @@ namespace petfast {
 namespace {
 
 constexpr int kRun = 4;
+constexpr int kRowsPerBlock = 4;
 
 __device__ void atomic_max_double(double* address, double v) {
   unsigned long long* p = reinterpret_cast<unsigned long long*>(address);
@@ -56,7 +57,9 @@ template <typename T>
 __global__ void stats_kernel(const int32_t* __restrict__ lab, Volume labels, const T* __restrict__ img, Volume image,
                              int count, double* acc, int32_t* box) {
   const int n1 = int(labels.shape[1]), n2 = int(labels.shape[2]);
-  const int row = blockIdx.x, i = row / n1, j = row - i * n1;
+  const int64_t row64 = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
+  if (row64 >= labels.shape[0] * n1) return;
+  const int row = int(row64), i = row / n1, j = row - i * n1;
   const int32_t* lab_row = lab + i * labels.strides[0] + j * labels.strides[1];
   const T* img_row = img ? img + i * image.strides[0] + j * image.strides[1] : nullptr;
   for (int k0 = threadIdx.x * kRun; k0 < n2; k0 += blockDim.x * kRun) {
@@ -96,15 +99,18 @@ void component_stats_cuda(const Volume& labels, const Volume* image, int64_t cou
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   const int64_t rows = labels.shape[0] * labels.shape[1];
   require(rows < INT32_MAX && labels.shape[2] < INT32_MAX / 2, "component_stats: too many rows for one launch");
-  const int threads = int(std::min<int64_t>(128, (labels.shape[2] + 32 * kRun - 1) / (32 * kRun) * 32));  // warps that cover a row
+  // Warps enough to cover a row, and kRowsPerBlock rows per CUDA block (one row of 400 labels per
+  // block read them at 0.93 TB/s on an H200).
+  const dim3 threads(unsigned(std::min<int64_t>(128, (labels.shape[2] + 32 * kRun - 1) / (32 * kRun) * 32)), kRowsPerBlock);
+  const unsigned blocks = unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock);
   const int32_t* lab = static_cast<const int32_t*>(labels.data);
   init_kernel<<<grid_dim((count + 1 + 127) / 128, 1 << 16), 128, 0, stream>>>(count + 1, acc, box);
   if (!image) {
-    stats_kernel<float><<<unsigned(rows), threads, 0, stream>>>(lab, labels, nullptr, labels, int(count), acc, box);
+    stats_kernel<float><<<blocks, threads, 0, stream>>>(lab, labels, nullptr, labels, int(count), acc, box);
   } else {
     dispatch_dtype(image->dtype, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      stats_kernel<T><<<unsigned(rows), threads, 0, stream>>>(lab, labels, static_cast<const T*>(image->data), *image,
+      stats_kernel<T><<<blocks, threads, 0, stream>>>(lab, labels, static_cast<const T*>(image->data), *image,
                                                               int(count), acc, box);
     });
   }
