@@ -99,6 +99,7 @@ __global__ void finalize_kernel(const float* __restrict__ a, NdView acc, uint8_t
 void gather_tiles_cuda(const NdView& src, const NdView& dst, const TileOrigins& origins, double pad, uintptr_t s) {
   DeviceGuard guard(src.device);
   auto stream = reinterpret_cast<cudaStream_t>(s);
+  if (dst.size() == 0) return;  // no tiles: the grid's minimum of one block would write out of bounds
   const dim3 grid = row_grid(dst.shape[3], dst.shape[2], dst.shape[0] * dst.shape[1], "gather tiles");
   dispatch_dtype(src.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
@@ -117,6 +118,7 @@ void accumulate_tiles_cuda(const NdView& tiles, const NdView& weight_map, const 
                            const NdView& weight, uintptr_t s) {
   DeviceGuard guard(tiles.device);
   auto stream = reinterpret_cast<cudaStream_t>(s);
+  if (tiles.size() == 0) return;
   const dim3 grid = row_grid(tiles.shape[3], tiles.shape[2], 1, "accumulate tiles");
   for (int b = 0; b < origins.count; ++b) {
     accumulate_kernel<<<grid, kBlock, 0, stream>>>(
@@ -129,6 +131,7 @@ void accumulate_tiles_cuda(const NdView& tiles, const NdView& weight_map, const 
 void finalize_tiles_cuda(const NdView& acc, const NdView& labels, uintptr_t s) {
   DeviceGuard guard(acc.device);
   auto stream = reinterpret_cast<cudaStream_t>(s);
+  if (acc.size() == 0) return;
   finalize_kernel<<<row_grid(acc.shape[2], acc.shape[1], 1, "finalize tiles"), kBlock, 0, stream>>>(
       static_cast<const float*>(acc.data), acc, static_cast<uint8_t*>(labels.data), labels);
   cuda_check(cudaGetLastError(), "finalize tiles launch");
