@@ -266,8 +266,12 @@ __global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* paren
       bits |= 1u << q;
     }
     occupancy[b] = static_cast<uint8_t>(bits);
-    parent[b] = bits ? int(b + 1) : 0;
-    first[b] = INT_MAX;  // above any voxel index, for atomicMin
+    // parent and first of an empty block are never read (every later pass tests the occupancy
+    // first): a sparse mask writes 2 x 4 bytes per occupied block only, not per block.
+    if (bits) {
+      parent[b] = int(b + 1);
+      first[b] = INT_MAX;  // above any voxel index, for atomicMin
+    }
     if (two_values) *mixed = 1;
   }
 }
@@ -315,9 +319,10 @@ __global__ void block_compress_kernel(Blocks g, int* parent, const uint8_t* __re
   }
 }
 
-__global__ void mark_starts_kernel(int64_t nb, const int* parent, const int* first, uint8_t* starts) {
+__global__ void mark_starts_kernel(int64_t nb, const int* parent, const int* first, const uint8_t* __restrict__ occupancy,
+                                   uint8_t* starts) {
   for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
-    if (parent[b] == int(b + 1)) starts[first[b]] = 1;
+    if (occupancy[b] && parent[b] == int(b + 1)) starts[first[b]] = 1;
   }
 }
 
@@ -406,7 +411,7 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
         block_merge_kernel<T><<<blocks_for(nb), 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, occupancy);
       });
       block_compress_kernel<<<blocks_for(nb), 256, 0, stream>>>(g, parent, occupancy, first);
-      mark_starts_kernel<<<blocks_for(nb), 256, 0, stream>>>(nb, parent, first, starts);
+      mark_starts_kernel<<<blocks_for(nb), 256, 0, stream>>>(nb, parent, first, occupancy, starts);
       const auto* flags = reinterpret_cast<const uint4*>(starts);
       count_starts_kernel<<<unsigned(flag_blocks), kScanBlock, 0, stream>>>(flags, counts);
       scan_counts_kernel<<<1, kScanBlock, 0, stream>>>(counts, flag_blocks);
