@@ -1,5 +1,5 @@
-"""The CUDA kernels of the labeller, the sliding-window tiles and the component statistics, compiled
-for the host against an emulated CUDA runtime (cuda_emulation/cuda_runtime.h: one fiber per CUDA
+"""petfast's CUDA kernels (labeller, sliding-window tiles, component statistics, fused instance norm,
+B-spline prefilter and axis convolution, resampling), compiled for the host against an emulated CUDA runtime (cuda_emulation/cuda_runtime.h: one fiber per CUDA
 thread, barriers and warp shuffles honoured, a thread picked at random at every atomic) and compared
 with their CPU twins on random cases (cuda_emulation/check_kernels.cpp). This checks the kernels'
 index arithmetic, barriers and union-find races on every machine, with a GPU or without; their speed
@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATION = Path(__file__).parent / "cuda_emulation"
-KERNELS = ("label", "tiles", "component_stats")
+KERNELS = ("label", "tiles", "component_stats", "norm_act", "filters", "resample")  # csrc/{cuda,cpu}/<name>_{cuda,cpu}
 CXX = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;]*>)?)<<<(.*?)>>>\(", re.S)  # kernel<T><<<grid, block, 0, stream>>>(
 
@@ -69,7 +69,7 @@ def objects(tmp_path_factory):
 def test_cuda_kernels_equal_their_cpu_twins_under_emulation(objects, seed):
     folder, objs = objects
     r = run(link(folder, objs), 30, seed)
-    assert r.returncode == 0 and "30 cases each" in r.stdout, r.stdout[-4000:] + r.stderr[-4000:]
+    assert r.returncode == 0 and "30 cases of each kernel" in r.stdout, r.stdout[-4000:] + r.stderr[-4000:]
 
 
 def test_emulation_finds_a_lost_union(objects, tmp_path):

@@ -23,6 +23,7 @@ void resample_rows(const Volume& src, const Volume& dst, const ResampleArgs& a) 
   axes_by_stride(dst.strides, ax);
   const int64_t n_mid = dst.shape[ax[1]], n_inner = dst.shape[ax[2]];
   const Tout fill = static_cast<Tout>(a.fill);
+  const IndexMap map = map_in_loop_order(a.map, ax);  // the CUDA twin's summation order
   parallel_for(dst.shape[ax[0]] * n_mid, std::max<int64_t>(1, 16384 / std::max<int64_t>(n_inner, 1)),
                [&](int64_t begin, int64_t end) {
     int64_t idx[3];
@@ -33,7 +34,8 @@ void resample_rows(const Volume& src, const Volume& dst, const ResampleArgs& a) 
         idx[ax[2]] = t;
         const int64_t i = idx[0], j = idx[1], k = idx[2];
         Tout* o = out + i * dst.strides[0] + j * dst.strides[1] + k * dst.strides[2];
-        double x = map_coord(a.map, 0, i, j, k), y = map_coord(a.map, 1, i, j, k), z = map_coord(a.map, 2, i, j, k);
+        const int64_t p = idx[ax[0]], q = idx[ax[1]];
+        double x = map_coord(map, 0, p, q, t), y = map_coord(map, 1, p, q, t), z = map_coord(map, 2, p, q, t);
         if (!(inside(x, src.shape[0]) && inside(y, src.shape[1]) && inside(z, src.shape[2]))) {
           *o = fill;
           continue;

@@ -44,10 +44,10 @@ void launch(const Volume& src, const Volume& dst, const ResampleArgs& a, cudaStr
   axes_by_stride(dst.strides, ax);
   Volume loop_dst = dst;
   ResampleArgs loop_args = a;
+  loop_args.map = map_in_loop_order(a.map, ax);
   for (int l = 0; l < 3; ++l) {
     loop_dst.shape[l] = dst.shape[ax[l]];
     loop_dst.strides[l] = dst.strides[ax[l]];
-    for (int r = 0; r < 3; ++r) loop_args.map.m[r][l] = a.map.m[r][ax[l]];
   }
   // 32 threads along the inner axis (one coalesced row segment per warp), 8 rows of the middle axis.
   const dim3 threads(32, 8);

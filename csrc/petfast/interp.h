@@ -21,9 +21,26 @@ namespace petfast {
 
 constexpr double kEdgeTol = 1e-6;
 
-// The source coordinate of destination voxel (i, j, k) along source axis a.
+// The source coordinate of destination voxel (i, j, k) along source axis a, summed left to right
+// without fused multiply-adds (nvcc fuses by default), so that the CPU and the GPU round alike and
+// pick the same nearest voxel at exact half-voxel ties.
 PF_HD double map_coord(const IndexMap& m, int a, int64_t i, int64_t j, int64_t k) {
+#ifdef __CUDA_ARCH__
+  return __dadd_rn(__dadd_rn(__dadd_rn(__dmul_rn(m.m[a][0], double(i)), __dmul_rn(m.m[a][1], double(j))),
+                             __dmul_rn(m.m[a][2], double(k))),
+                   m.m[a][3]);
+#else
   return m.m[a][0] * double(i) + m.m[a][1] * double(j) + m.m[a][2] * double(k) + m.m[a][3];
+#endif
+}
+
+// The map with its columns in the order of the loops that walk the destination (ax: destination
+// axes from outer to inner), for map_coord(m, a, outer, mid, inner). Both twins sum in that order.
+inline IndexMap map_in_loop_order(const IndexMap& m, const int ax[3]) {
+  IndexMap r = m;
+  for (int a = 0; a < 3; ++a)
+    for (int l = 0; l < 3; ++l) r.m[a][l] = m.m[a][ax[l]];
+  return r;
 }
 
 // True when c lies within the sampled extent [0, n-1]; c is then clamped into it.

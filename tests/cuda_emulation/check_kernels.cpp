@@ -1,12 +1,15 @@
-// The CUDA labeller, tile and statistics kernels, compiled for the host against the emulated runtime
+// petfast's CUDA kernels (labeller, tiles, component statistics, fused instance norm, B-spline
+// prefilter and axis convolution, resampling), compiled for the host against the emulated runtime
 // in this folder, against their CPU twins on random cases. Exit status 0 when every case agrees.
-//   check_kernels ITERATIONS SEED
+//   check_kernels CASES SEED
 #include <cuda_runtime.h>
 
 #include <cstdio>
 #include <random>
+#include <type_traits>
 #include <vector>
 
+#include "petfast/half.h"
 #include "petfast/ops.h"
 
 namespace petfast {
@@ -154,6 +157,107 @@ void check_stats(int it) {
   }
 }
 
+// Values within `tol` relative to the larger magnitude (at least `floor`), NaNs alike.
+bool close(const char* what, int iteration, const std::vector<float>& a, const std::vector<float>& b, float tol,
+           float floor = 1.f) {
+  for (size_t i = 0; i < a.size(); ++i) {
+    const float scale = std::max(floor, std::max(std::fabs(a[i]), std::fabs(b[i])));
+    if (!(a[i] == b[i] || (a[i] != a[i] && b[i] != b[i]) || std::fabs(a[i] - b[i]) <= tol * scale)) {
+      fail(what, iteration, i);
+      std::printf("  %.9g vs %.9g\n", a[i], b[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+// Planar and channels-last activations in float32, float16 and bfloat16, with and without a
+// residual, planes that do and do not allow 16-byte loads.
+void check_norm_act(int it) {
+  const int64_t N = ri(1, 3), C = ri(1, 40), S = it % 2 ? ri(1, 300) : 8 * ri(1, 40);
+  const bool planar = it % 3 != 0, with_residual = it % 4 < 2;
+  const DType dtype = it % 5 == 0 ? DType::Float16 : (it % 5 == 1 ? DType::BFloat16 : DType::Float32);
+  std::vector<float> xf(N * C * S), rf(xf.size()), gamma(C), beta(C);
+  for (auto& v : xf) v = float(ri(-4000, 6000)) / 1000.f;
+  for (auto& v : rf) v = float(ri(-1000, 1000)) / 1000.f;
+  for (int64_t c = 0; c < C; ++c) gamma[c] = float(ri(500, 1500)) / 1000.f, beta[c] = float(ri(-500, 500)) / 1000.f;
+  dispatch_float_dtype(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    std::vector<T> x(xf.size()), r(xf.size());
+    for (size_t i = 0; i < x.size(); ++i) x[i] = from_float<T>(xf[i]), r[i] = from_float<T>(rf[i]);
+    std::vector<T> out_cpu = x, out_gpu = x;
+    auto nd = [&](void* p, int device) {
+      NdView v = view(p, dtype, {N, C, S}, device);
+      if (!planar) v.strides[1] = 1, v.strides[2] = C;
+      return v;
+    };
+    std::vector<double> stats(4 * N * C, 99.0);
+    const NdView rc = nd(r.data(), -1), rg = nd(r.data(), 0);
+    instance_norm_act_cpu(nd(x.data(), -1), with_residual ? &rc : nullptr, view(gamma.data(), DType::Float32, {C}, -1),
+                          view(beta.data(), DType::Float32, {C}, -1), nd(out_cpu.data(), -1), 1e-5, 0.01);
+    instance_norm_act_cuda(nd(x.data(), 0), with_residual ? &rg : nullptr, view(gamma.data(), DType::Float32, {C}, 0),
+                           view(beta.data(), DType::Float32, {C}, 0), nd(out_gpu.data(), 0), 1e-5, 0.01,
+                           view(stats.data(), DType::Float64, {4 * N * C}, 0), 0);
+    std::vector<float> a(x.size()), b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) a[i] = to_float(out_cpu[i]), b[i] = to_float(out_gpu[i]);
+    // Float32 partial sums in another order: one rounding of the dtype apart.
+    close("instance_norm_act", it, a, b, std::is_same_v<T, float> ? 1e-4f : (std::is_same_v<T, Half> ? 2e-3f : 1.6e-2f));
+  });
+}
+
+// Prefilter with and without edge padding, from int16 and float32 sources in C and Fortran order;
+// a convolution along each axis.
+void check_filters(int it) {
+  const int64_t shape[3] = {ri(1, 9), ri(1, 12), ri(1, 30)}, pad = it % 2 ? ri(1, 3) : 0;
+  const int64_t n = shape[0] * shape[1] * shape[2];
+  const bool fortran = it % 3 == 0;
+  std::vector<int16_t> si(n);
+  std::vector<float> sf(n);
+  for (int64_t i = 0; i < n; ++i) si[i] = int16_t(ri(-1000, 1000)), sf[i] = float(si[i]) / 7.f;
+  const int64_t cshape[3] = {shape[0] + 2 * pad, shape[1] + 2 * pad, shape[2] + 2 * pad};
+  std::vector<float> coef_cpu(cshape[0] * cshape[1] * cshape[2], -1.f), coef_gpu = coef_cpu;
+  const bool int16 = it % 4 < 2;
+  void* src = int16 ? static_cast<void*>(si.data()) : sf.data();
+  const DType t = int16 ? DType::Int16 : DType::Float32;
+  bspline_prefilter_cpu(volume(src, t, shape, fortran, -1), volume(coef_cpu.data(), DType::Float32, cshape, false, -1));
+  bspline_prefilter_cuda(volume(src, t, shape, fortran, 0), volume(coef_gpu.data(), DType::Float32, cshape, false, 0), 0);
+  // The CPU twin runs the recursion in another order (planes, blocks of lines): float32 rounding
+  // apart, relative to the volume's largest coefficient (the recursion carries it to its
+  // neighbours), as in the CUDA test on hardware.
+  float largest = 1.f;
+  for (float v : coef_cpu) largest = std::max(largest, std::fabs(v));
+  close("bspline_prefilter", it, coef_cpu, coef_gpu, 1e-5f, largest);
+  std::vector<float> taps(2 * ri(0, 4) + 1);
+  for (auto& w : taps) w = float(ri(1, 100)) / 100.f;
+  const int axis = int(it % 3);
+  std::vector<float> conv_cpu(n, -1.f), conv_gpu(n, -1.f);
+  convolve_axis_cpu(volume(src, t, shape, fortran, -1), volume(conv_cpu.data(), DType::Float32, shape, false, -1), axis, taps);
+  convolve_axis_cuda(volume(src, t, shape, fortran, 0), volume(conv_gpu.data(), DType::Float32, shape, false, 0), axis, taps, 0);
+  close("convolve_axis", it, conv_cpu, conv_gpu, 1e-5f);
+}
+
+// Nearest, trilinear and cubic (on prefiltered coefficients) sampling through a random affine map
+// that reaches past the source, with a fill value, into C- and Fortran-ordered outputs.
+void check_resample(int it) {
+  const int64_t sshape[3] = {ri(1, 10), ri(1, 12), ri(1, 20)}, dshape[3] = {ri(1, 10), ri(1, 12), ri(1, 20)};
+  const int64_t n = sshape[0] * sshape[1] * sshape[2], m = dshape[0] * dshape[1] * dshape[2];
+  std::vector<float> src(n);
+  for (auto& v : src) v = float(ri(-1000, 1000)) / 7.f;
+  ResampleArgs args;
+  args.order = it % 3 == 0 ? 0 : (it % 3 == 1 ? 1 : 3);
+  args.fill = -3.5;
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 4; ++c)
+      args.map.m[r][c] = c == 3 ? double(ri(-300, 300)) / 100.0 : (r == c ? double(ri(30, 250)) / 100.0 : double(ri(-20, 20)) / 100.0);
+  if (args.order == 3) bspline_prefilter_cpu(volume(src.data(), DType::Float32, sshape, false, -1),
+                                             volume(src.data(), DType::Float32, sshape, false, -1));
+  const bool fortran = it % 2;
+  std::vector<float> out_cpu(m, 7.f), out_gpu(m, 7.f);
+  resample_cpu(volume(src.data(), DType::Float32, sshape, false, -1), volume(out_cpu.data(), DType::Float32, dshape, fortran, -1), args);
+  resample_cuda(volume(src.data(), DType::Float32, sshape, false, 0), volume(out_gpu.data(), DType::Float32, dshape, fortran, 0), args, 0);
+  close("resample", it, out_cpu, out_gpu, 1e-5f);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -163,6 +267,9 @@ int main(int argc, char** argv) {
   for (int it = 0; it < iterations; ++it) check_label(it);
   for (int it = 0; it < iterations; ++it) check_tiles(it);
   for (int it = 0; it < iterations; ++it) check_stats(it);
-  std::printf("%d cases each of label, tiles and component_stats: %d differ\n", iterations, failures);
+  for (int it = 0; it < iterations; ++it) check_norm_act(it);
+  for (int it = 0; it < iterations; ++it) check_filters(it);
+  for (int it = 0; it < iterations; ++it) check_resample(it);
+  std::printf("%d cases of each kernel: %d differ\n", iterations, failures);
   return failures != 0;
 }

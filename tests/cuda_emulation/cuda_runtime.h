@@ -170,6 +170,20 @@ T __shfl_up_sync(unsigned, T v, int d) {
   emu::yield(emu::kWarpBarrier);
   return r;
 }
+template <typename T>
+T __shfl_down_sync(unsigned, T v, int d) {
+  const int lane = emu::current->lane, warp = emu::current->warp;
+  long long bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  emu::shfl_buf[warp][lane] = bits;
+  emu::yield(emu::kWarpBarrier);
+  T r = v;
+  if (lane + d < 32) std::memcpy(&r, &emu::shfl_buf[warp][lane + d], sizeof(T));
+  emu::yield(emu::kWarpBarrier);
+  return r;
+}
+template <typename T>
+T __ldg(const T* p) { return *p; }
 inline int atomicMin(int* p, int v) { emu::preemption_point(); int o = *p; *p = std::min(o, v); return o; }
 inline int atomicMax(int* p, int v) { emu::preemption_point(); int o = *p; *p = std::max(o, v); return o; }
 inline int atomicAdd(int* p, int v) { emu::preemption_point(); int o = *p; *p += v; return o; }
