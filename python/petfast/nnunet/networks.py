@@ -82,7 +82,7 @@ def _concat_fusable(x: torch.Tensor, up: nn.ConvTranspose3d, skip: torch.Tensor)
             and x.dtype in _CODES and skip.dtype in _CODES and _channels_last(x) and _channels_last(skip)
             and tuple(up.kernel_size) == tuple(up.stride) and not any(up.padding) and not any(up.output_padding)
             and tuple(up.dilation) == (1, 1, 1) and up.groups == 1
-            and skip.shape[2:] == tuple(n * f for n, f in zip(x.shape[2:], up.stride)) and skip.shape[0] == x.shape[0])
+            and skip.shape[2:] == tuple(s * f for s, f in zip(x.shape[2:], up.stride)) and skip.shape[0] == x.shape[0])
 
 
 def upsample_concat(x: torch.Tensor, up: nn.ConvTranspose3d, skip: torch.Tensor) -> torch.Tensor:
