@@ -158,30 +158,26 @@ inline void preemption_point() {
 }  // namespace emu
 
 inline void __syncthreads() { emu::yield(emu::kBlockBarrier); }
+namespace emu {
+// Lane `from`'s v (this lane's own outside the warp): each lane posts v, the warp meets, each reads,
+// the warp meets again before anyone posts the next value.
 template <typename T>
-T __shfl_up_sync(unsigned, T v, int d) {
-  const int lane = emu::current->lane, warp = emu::current->warp;
+T shuffle(T v, int from) {
+  const int lane = current->lane, warp = current->warp;
   long long bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
-  emu::shfl_buf[warp][lane] = bits;
-  emu::yield(emu::kWarpBarrier);
+  shfl_buf[warp][lane] = bits;
+  yield(kWarpBarrier);
   T r = v;
-  if (lane >= d) std::memcpy(&r, &emu::shfl_buf[warp][lane - d], sizeof(T));
-  emu::yield(emu::kWarpBarrier);
+  if (from >= 0 && from < 32) std::memcpy(&r, &shfl_buf[warp][from], sizeof(T));
+  yield(kWarpBarrier);
   return r;
 }
+}  // namespace emu
 template <typename T>
-T __shfl_down_sync(unsigned, T v, int d) {
-  const int lane = emu::current->lane, warp = emu::current->warp;
-  long long bits = 0;
-  std::memcpy(&bits, &v, sizeof(T));
-  emu::shfl_buf[warp][lane] = bits;
-  emu::yield(emu::kWarpBarrier);
-  T r = v;
-  if (lane + d < 32) std::memcpy(&r, &emu::shfl_buf[warp][lane + d], sizeof(T));
-  emu::yield(emu::kWarpBarrier);
-  return r;
-}
+T __shfl_up_sync(unsigned, T v, int d) { return emu::shuffle(v, emu::current->lane - d); }
+template <typename T>
+T __shfl_down_sync(unsigned, T v, int d) { return emu::shuffle(v, emu::current->lane + d); }
 template <typename T>
 T __ldg(const T* p) { return *p; }
 inline int atomicMin(int* p, int v) { emu::preemption_point(); int o = *p; *p = std::min(o, v); return o; }
