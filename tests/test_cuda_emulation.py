@@ -76,10 +76,10 @@ def test_emulation_finds_a_lost_union(objects, tmp_path):
     # Planted race: a union that gives up when another thread re-parented its root meanwhile. It only
     # goes wrong when threads interleave between a find and its atomicMin, which the emulation makes
     # happen; the checker must see it.
-    retry = "    if (old == b + 1) return;\n    b = old - 1;"
+    retry = "    if (old == b + 1) return a;\n    b = old - 1;"
     if retry not in (ROOT / "csrc" / "cuda" / "label_cuda.cu").read_text():
         pytest.skip("the labeller's union no longer has the retry this test removes")
     _, objs = objects
-    lossy = compile_objects(tmp_path, {"label_cuda": host_source(tmp_path, "label", lambda t: t.replace(retry, "    return;"))})
+    lossy = compile_objects(tmp_path, {"label_cuda": host_source(tmp_path, "label", lambda t: t.replace(retry, "    return a;"))})
     r = run(link(tmp_path, {**objs, **lossy}), 30, 0)
     assert r.returncode == 1 and "label: case" in r.stdout, r.stdout[-2000:]

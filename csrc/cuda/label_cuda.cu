@@ -60,11 +60,14 @@ __device__ __forceinline__ int find_root(const int* parent, int v) {
   return v;
 }
 
-__device__ void unite(int* parent, int a, int b) {
+// Joins the sets of a and b; returns a member of the joined set near its root (the root when no
+// other thread interferes), from which the caller's next union with the same set starts its walk:
+// a voxel or block joins up to 13 neighbours, and walking from itself each time repeated the climb.
+__device__ int unite(int* parent, int a, int b) {
   while (true) {
     a = find_root(parent, a);
     b = find_root(parent, b);
-    if (a == b) return;
+    if (a == b) return a;
     if (a > b) {
       const int t = a;
       a = b;
@@ -73,7 +76,7 @@ __device__ void unite(int* parent, int a, int b) {
     // Hang the larger root b under a, unless another thread re-parented b meanwhile: then join a
     // with what b hung under.
     const int old = atomicMin(parent + b, a + 1);
-    if (old == b + 1) return;
+    if (old == b + 1) return a;
     b = old - 1;
   }
 }
@@ -113,12 +116,13 @@ __global__ void merge_kernel(const T* __restrict__ in, Shape3 s, int* out, int c
     coords(s.n1, s.n2, v, i, j, k);
     const T val = voxel(in, s, i, j, k);
     const unsigned todo = k > 0 && voxel(in, s, i, j, k - 1) == val ? after_same_left : 0x1fffu;
+    int self = int(v);  // walks to this voxel's root start here
     for (int q = 0; q < count; ++q) {
       if (!((todo >> q) & 1u)) continue;
       const int i2 = i + kNeighboursDevice[q][0], j2 = j + kNeighboursDevice[q][1], k2 = k + kNeighboursDevice[q][2];
       if (i2 < 0 || j2 < 0 || j2 >= s.n1 || k2 < 0 || k2 >= s.n2) continue;
       if (voxel(in, s, i2, j2, k2) != val) continue;
-      unite(out, int(v), (i2 * s.n1 + j2) * s.n2 + k2);
+      self = unite(out, self, (i2 * s.n1 + j2) * s.n2 + k2);
     }
   }
 }
@@ -285,6 +289,7 @@ __global__ void block_merge_kernel(const T* __restrict__ in, Blocks g, int* pare
     int bi, bj, bk;
     coords(g.b1, g.b2, b, bi, bj, bk);
     const T val = value_at(in, g, bi, bj, bk, __ffs(bits) - 1);
+    int self = int(b);  // walks to this block's root start here
 #pragma unroll
     for (int q = 0; q < 13; ++q) {
       const int i2 = bi + kNeighboursDevice[q][0], j2 = bj + kNeighboursDevice[q][1], k2 = bk + kNeighboursDevice[q][2];
@@ -294,7 +299,7 @@ __global__ void block_merge_kernel(const T* __restrict__ in, Blocks g, int* pare
       const unsigned other = occupancy[b2];
       if (!(other & kFacing.other[q])) continue;
       if (value_at(in, g, i2, j2, k2, __ffs(other) - 1) != val) continue;
-      unite(parent, int(b), b2);
+      self = unite(parent, self, b2);
     }
   }
 }
