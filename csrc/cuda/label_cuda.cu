@@ -252,7 +252,7 @@ __constant__ FacingMasks kFacing = facing_masks();
 
 template <typename T>
 __global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* parent, int* first, uint8_t* occupancy,
-                                  int* mixed) {
+                                  int* mixed, int* not_binary) {
   const int64_t nb = int64_t(g.b0) * g.b1 * g.b2;
   for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
     int bi, bj, bk;
@@ -277,18 +277,25 @@ __global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* paren
       first[b] = INT_MAX;  // above any voxel index, for atomicMin
     }
     if (two_values) *mixed = 1;
+    // Read first: once one block has set it, the others only read (a write from every block of
+    // a label map would queue on the one address).
+    if (bits && value != T(1) && *not_binary == 0) *not_binary = 1;
   }
 }
 
 template <typename T>
-__global__ void block_merge_kernel(const T* __restrict__ in, Blocks g, int* parent, const uint8_t* __restrict__ occupancy) {
+__global__ void block_merge_kernel(const T* __restrict__ in, Blocks g, int* parent, const uint8_t* __restrict__ occupancy,
+                                   const int* __restrict__ not_binary) {
   const int64_t nb = int64_t(g.b0) * g.b1 * g.b2;
+  // Every value 1 (bool and 0/1 masks): occupied neighbours hold the same value, so the mask is not
+  // read again.
+  const bool compare = *not_binary != 0;
   for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
     const unsigned bits = occupancy[b];
     if (bits == 0) continue;
     int bi, bj, bk;
     coords(g.b1, g.b2, b, bi, bj, bk);
-    const T val = value_at(in, g, bi, bj, bk, __ffs(bits) - 1);
+    const T val = compare ? value_at(in, g, bi, bj, bk, __ffs(bits) - 1) : T(1);
     int self = int(b);  // walks to this block's root start here
 #pragma unroll
     for (int q = 0; q < 13; ++q) {
@@ -298,7 +305,7 @@ __global__ void block_merge_kernel(const T* __restrict__ in, Blocks g, int* pare
       const int b2 = (i2 * g.b1 + j2) * g.b2 + k2;
       const unsigned other = occupancy[b2];
       if (!(other & kFacing.other[q])) continue;
-      if (value_at(in, g, i2, j2, k2, __ffs(other) - 1) != val) continue;
+      if (compare && value_at(in, g, i2, j2, k2, __ffs(other) - 1) != val) continue;
       self = unite(parent, self, b2);
     }
   }
@@ -400,20 +407,22 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
   if (connectivity == 26) {
     const Blocks g{s, (s.n0 + 1) / 2, (s.n1 + 1) / 2, (s.n2 + 1) / 2};
     const int64_t nb = int64_t(g.b0) * g.b1 * g.b2, flag_blocks = (layout.total - layout.starts) * 4 / kLabelFlagsPerScanBlock;
-    int *mixed = base + layout.mixed, *parent = base + layout.parent, *first = base + layout.first;
+    int *mixed = base + layout.mixed, *not_binary = base + layout.not_binary, *parent = base + layout.parent,
+        *first = base + layout.first;
     auto* occupancy = reinterpret_cast<uint8_t*>(base + layout.occupancy);
     auto* starts = reinterpret_cast<uint8_t*>(base + layout.starts);
-    cuda_check(cudaMemsetAsync(mixed, 0, sizeof(int), stream), "label memset");
+    cuda_check(cudaMemsetAsync(mixed, 0, 2 * sizeof(int), stream), "label memset");  // mixed, not_binary
     dispatch_dtype(src.dtype, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       block_init_kernel<T><<<blocks_for(nb), 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, first,
-                                                               occupancy, mixed);
+                                                               occupancy, mixed, not_binary);
     });
     if (read_count(mixed, stream) == 0) {  // every block holds one value
       cuda_check(cudaMemsetAsync(starts, 0, flag_blocks * kLabelFlagsPerScanBlock, stream), "label memset");
       dispatch_dtype(src.dtype, [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
-        block_merge_kernel<T><<<blocks_for(nb), 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, occupancy);
+        block_merge_kernel<T><<<blocks_for(nb), 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, occupancy,
+                                                                  not_binary);
       });
       block_compress_kernel<<<blocks_for(nb), 256, 0, stream>>>(g, parent, occupancy, first);
       mark_starts_kernel<<<blocks_for(nb), 256, 0, stream>>>(nb, parent, first, occupancy, starts);

@@ -90,11 +90,12 @@ void upsample_concat_cpu(const NdView& rows, const NdView& skip, const NdView& o
 #endif
 
 // Where the CUDA labeller keeps its buffers inside one int32 scratch array (offsets in int32
-// entries, each 16-byte aligned): a flag for masks whose 2x2x2 blocks hold two values, scan
-// counts, then per 2x2x2 block its parent, its component's first voxel (later its label) and its
-// occupancy bits, then one start flag per voxel, padded to whole scan blocks.
+// entries, each 16-byte aligned): a flag for masks whose 2x2x2 blocks hold two values, a flag for
+// masks with a value other than 1 (neighbouring blocks' values then need comparing), scan counts,
+// then per 2x2x2 block its parent, its component's first voxel (later its label) and its occupancy
+// bits, then one start flag per voxel, padded to whole scan blocks.
 struct LabelScratchLayout {
-  int64_t mixed, counts, parent, first, occupancy, starts, total;
+  int64_t mixed, not_binary, counts, parent, first, occupancy, starts, total;
 };
 constexpr int64_t kLabelFlagsPerScanBlock = 1024 * 16;
 inline LabelScratchLayout label_scratch_layout(const int64_t shape[3]) {
@@ -104,6 +105,7 @@ inline LabelScratchLayout label_scratch_layout(const int64_t shape[3]) {
   const int64_t flag_blocks = (n + kLabelFlagsPerScanBlock - 1) / kLabelFlagsPerScanBlock;
   LabelScratchLayout l{};
   l.mixed = 0;
+  l.not_binary = 1;
   l.counts = 4;
   l.parent = l.counts + up4(std::max(flag_blocks, (n + 1023) / 1024) + 1);
   l.first = l.parent + up4(blocks);

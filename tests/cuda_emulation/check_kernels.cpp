@@ -63,8 +63,8 @@ NdView view(void* p, DType t, std::vector<int64_t> shape, int device) {
   return v;
 }
 
-// Sparse, dense, 2x2x2-blocky (the block path) and multi-label masks, 6/18/26-connectivity, odd
-// and even sizes.
+// Sparse, dense, 2x2x2-blocky (the block path) and multi-label masks, 0/1 and 0/7, 6/18/26-
+// connectivity, odd and even sizes.
 void check_label(int it) {
   const int64_t shape[3] = {ri(1, 9), ri(1, 13), ri(1, 40)};
   const int64_t n = shape[0] * shape[1] * shape[2];
@@ -72,6 +72,8 @@ void check_label(int it) {
   std::vector<uint8_t> mask(n);
   std::bernoulli_distribution on(kind == 0 ? 0.08 : 0.5);
   for (auto& v : mask) v = on(rng);
+  if (kind == 2 && (it / 4) % 2)  // label values that differ between 2x2x2 blocks
+    for (auto& v : mask) v = v ? uint8_t(ri(1, 3)) : 0;
   if (kind == 2)
     for (int64_t i = 0; i < shape[0]; ++i)
       for (int64_t j = 0; j < shape[1]; ++j)
@@ -79,6 +81,8 @@ void check_label(int it) {
           mask[(i * shape[1] + j) * shape[2] + k] = mask[((i & ~1) * shape[1] + (j & ~1)) * shape[2] + (k & ~1)];
   if (kind == 3)
     for (auto& v : mask) v = v ? uint8_t(ri(1, 3)) : 0;
+  if (it % 8 == 6)  // one value, but not 1: the labeller compares neighbours' values then
+    for (auto& v : mask) v *= 7;
   std::vector<int32_t> cpu(n, 0), gpu(n, -1);
   const int order[3] = {0, 1, 2};
   const int64_t count_cpu = label_cpu(volume(mask.data(), DType::UInt8, shape, false, -1),
