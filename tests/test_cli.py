@@ -32,15 +32,22 @@ def test_python_dash_m_entry_point():
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a setting of glibc's malloc")
-def test_command_keeps_freed_memory_unless_the_user_tuned_malloc():
+def test_the_command_keeps_freed_memory_unless_the_user_tuned_malloc():
     # A 64 MB block freed and allocated again: glibc maps it afresh (16,384 page faults) unless the
     # command's setting keeps the freed block. A bytearray, as torch's tensors, takes 4 kB pages
     # (numpy asks for huge pages).
     script = """
-import resource, sys
-if sys.argv[1] == "keep":
-    from petfast.cli import _keep_freed_memory
+import contextlib, io, resource, sys
+from petfast.cli import _keep_freed_memory, main
+mode = sys.argv[1]
+if mode == "keep":
     _keep_freed_memory()
+with contextlib.redirect_stdout(io.StringIO()):
+    if mode == "command":  # the program: main() reads sys.argv
+        sys.argv = ["petfast", "info"]
+        main()
+    elif mode == "library":  # a caller's process: main(argv)
+        main(["info"])
 bytearray(1 << 26)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 bytearray(1 << 26)
@@ -55,6 +62,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     assert faults("default", clean) > 10000
     assert faults("keep", clean) < 1000
     assert faults("keep", {**clean, "MALLOC_ARENA_MAX": "4"}) > 10000  # the user's own malloc settings win
+    assert faults("command", clean) < 1000  # `petfast ...` sets it
+    assert faults("library", clean) > 10000  # main(argv) from a caller's process leaves the allocator alone
 
 
 def test_demo_runs_the_whole_pipeline_and_never_overwrites(tmp_path, capsys):

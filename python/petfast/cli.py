@@ -441,7 +441,8 @@ def main(argv=None) -> int:
     # torch's, then share the cores with them. Sleeping threads make CPU inference about 20 % faster
     # (demo network 6.5 -> 5.1 s on 2 cores) and leave training unchanged. Must precede torch's import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _keep_freed_memory()
+    if argv is None:  # run as the program (`petfast`, `python -m petfast`), not called from a caller's process
+        _keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -460,8 +461,8 @@ def _keep_freed_memory() -> None:
     11,700 page faults and 37 ms of system time per call of the default model on the CPU, a quarter
     of the call. Blocks up to 1 GB now come from the heap, and up to 2 GB of free heap stay with the
     process (which holds its peak memory between cases, as torch's CUDA allocator does on a GPU).
-    Only for the command line: a library does not change its host process's allocator. Skipped where
-    the user set glibc's malloc tunables, or on another C library."""
+    Only for the command line (main() without argv): a library does not change its host process's
+    allocator. Skipped where the user set glibc's malloc tunables, or on another C library."""
     if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ) or not sys.platform.startswith("linux"):
         return
     import ctypes
