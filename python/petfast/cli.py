@@ -473,7 +473,10 @@ def _keep_freed_memory() -> None:
     except (OSError, AttributeError):  # not glibc
         return
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    mallopt(m_mmap_threshold, ctypes.c_int(1 << 30))
+    # glibc's documented limit is 32 MB (2.36 takes more); if neither is taken, set nothing: a trim
+    # threshold alone would fix the adaptive mmap threshold at 128 kB, worse than the default.
+    if not (mallopt(m_mmap_threshold, ctypes.c_int(1 << 30)) or mallopt(m_mmap_threshold, ctypes.c_int(32 << 20))):
+        return
     mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))
 
 
