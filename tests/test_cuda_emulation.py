@@ -32,7 +32,8 @@ def compile_objects(folder: Path, sources: dict) -> dict:
                                                           stderr=subprocess.PIPE, text=True))
             for name, src in sources.items()}
     for name, (_, job) in jobs.items():
-        assert job.wait() == 0, f"{name}: " + job.stderr.read()[-4000:]
+        _, errors = job.communicate()  # reads stderr to the end: a long error log would fill the pipe and block wait()
+        assert job.returncode == 0, f"{name}: " + errors[-4000:]
     return {name: obj for name, (obj, _) in jobs.items()}
 
 

@@ -90,8 +90,9 @@ void upsample_concat_cpu(const NdView& rows, const NdView& skip, const NdView& o
 #endif
 
 // Where the CUDA labeller keeps its buffers inside one int32 scratch array (offsets in int32
-// entries, each 16-byte aligned): a flag for masks whose 2x2x2 blocks hold two values, a flag for
-// masks with a value other than 1 (neighbouring blocks' values then need comparing), scan counts,
+// entries; the buffers after the two flags each 16-byte aligned): a flag for masks whose 2x2x2
+// blocks hold two values, a flag for masks with a value other than 1 (neighbouring blocks' values
+// then need comparing), scan counts,
 // then per 2x2x2 block its parent, its component's first voxel (later its label) and its occupancy
 // bits, then one start flag per voxel, padded to whole scan blocks.
 struct LabelScratchLayout {
