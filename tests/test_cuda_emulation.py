@@ -3,7 +3,8 @@ B-spline prefilter and axis convolution, resampling), compiled for the host agai
 thread, barriers and warp shuffles honoured, a thread picked at random at every atomic) and compared
 with their CPU twins on random cases (cuda_emulation/check_kernels.cpp). This checks the kernels'
 index arithmetic, barriers and union-find races on every machine, with a GPU or without; their speed
-and a real GPU's memory model need the CUDA tests (``-m cuda``) on hardware."""
+and a real GPU's memory model need the CUDA tests (``-m cuda``) on hardware. The last test runs the
+model behind the labeller's order of unions (bench/gpu/union_find_model.cpp)."""
 import os
 import platform
 import re
@@ -84,3 +85,35 @@ def test_emulation_finds_a_lost_union(objects, tmp_path):
     lossy = compile_objects(tmp_path, {"label_cuda": host_source(tmp_path, "label", lambda t: t.replace(retry, "    return a;"))})
     r = run(link(tmp_path, {**objs, **lossy}), 30, 0)
     assert r.returncode == 1 and "label: case" in r.stdout, r.stdout[-2000:]
+
+
+def test_union_order_model(tmp_path):
+    # The labeller makes each node's unions previous plane first and left neighbour last
+    # (label_cuda.cu's kUnionOrder), on the strength of bench/gpu/union_find_model.cpp: a model of
+    # warps making their unions in lockstep. Check that the model still has the kernel's order, that
+    # its merge finds scipy's components, and that it still finds plane-first cheaper.
+    np = pytest.importorskip("numpy")
+    ndi = pytest.importorskip("scipy.ndimage")
+    model = ROOT / "bench" / "gpu" / "union_find_model.cpp"
+    order = re.compile(r"(?:kUnionOrder|kPlaneFirst)\[13\] = \{([^}]*)\}")
+    assert order.findall((ROOT / "csrc" / "cuda" / "label_cuda.cu").read_text()) == order.findall(model.read_text())
+    exe = tmp_path / "union_find_model"
+    r = subprocess.run([CXX, "-std=c++17", "-O2", str(model), "-o", str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+    rng = np.random.default_rng(0)
+    shape = (48, 64, 64)
+    smooth = ndi.gaussian_filter(rng.random(shape, np.float32), 2)
+    masks = {"noise": rng.random(shape) < 0.5, "blobs": smooth > np.percentile(smooth, 70)}
+    for name, mask in masks.items():
+        path = tmp_path / f"{name}.u8"
+        mask.astype(np.uint8).tofile(path)
+        for path_kind, connectivity in [("block", 26), ("voxel", 6), ("voxel", 18)]:
+            structure = ndi.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
+            loads = {}
+            for first in ("left", "plane"):
+                out = subprocess.run([str(exe), str(path), *map(str, shape), path_kind, str(connectivity), first, "128"],
+                                     capture_output=True, text=True, check=True).stdout
+                loads[first] = int(re.search(r"walk (\d+) loads", out).group(1))
+                assert int(re.search(r"(\d+) components", out).group(1)) == ndi.label(mask, structure)[1], out
+            assert loads["plane"] * 1.3 < loads["left"], (name, path_kind, connectivity, loads)
