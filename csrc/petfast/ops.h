@@ -94,11 +94,11 @@ void upsample_concat_cpu(const NdView& rows, const NdView& skip, const NdView& o
 // blocks hold two values, a flag for masks with a value other than 1 (neighbouring blocks' values
 // then need comparing), scan counts,
 // then per 2x2x2 block its parent, its component's first voxel (later its label) and its occupancy
-// bits, then one start flag per voxel, padded to whole scan blocks.
+// bits, then a start flag bit per voxel, padded to whole scan blocks.
 struct LabelScratchLayout {
   int64_t mixed, not_binary, counts, parent, first, occupancy, starts, total;
 };
-constexpr int64_t kLabelFlagsPerScanBlock = 1024 * 16;
+constexpr int64_t kLabelFlagsPerScanBlock = 1024 * 128;  // 1024 threads of 128 bits
 inline LabelScratchLayout label_scratch_layout(const int64_t shape[3]) {
   auto up4 = [](int64_t x) { return (x + 3) / 4 * 4; };
   const int64_t n = shape[0] * shape[1] * shape[2];
@@ -112,7 +112,7 @@ inline LabelScratchLayout label_scratch_layout(const int64_t shape[3]) {
   l.first = l.parent + up4(blocks);
   l.occupancy = l.first + up4(blocks);
   l.starts = l.occupancy + up4((blocks + 3) / 4);
-  l.total = l.starts + flag_blocks * kLabelFlagsPerScanBlock / 4;
+  l.total = l.starts + flag_blocks * kLabelFlagsPerScanBlock / 32;
   return l;
 }
 

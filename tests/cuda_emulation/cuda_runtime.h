@@ -30,6 +30,8 @@ struct dim3 {
   dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
 };
 struct uint4 { unsigned x, y, z, w; };
+struct alignas(8) int2 { int x, y; };
+inline int2 make_int2(int x, int y) { return {x, y}; }
 inline dim3 blockIdx, threadIdx, blockDim, gridDim;
 typedef int cudaError_t;
 typedef void* cudaStream_t;
@@ -183,6 +185,7 @@ T __ldg(const T* p) { return *p; }
 inline int atomicMin(int* p, int v) { emu::preemption_point(); int o = *p; *p = std::min(o, v); return o; }
 inline int atomicMax(int* p, int v) { emu::preemption_point(); int o = *p; *p = std::max(o, v); return o; }
 inline int atomicAdd(int* p, int v) { emu::preemption_point(); int o = *p; *p += v; return o; }
+inline unsigned atomicOr(unsigned* p, unsigned v) { emu::preemption_point(); unsigned o = *p; *p |= v; return o; }
 inline double atomicAdd(double* p, double v) { emu::preemption_point(); double o = *p; *p += v; return o; }
 inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long c, unsigned long long v) {
   emu::preemption_point(); unsigned long long o = *p; if (o == c) *p = v; return o;
@@ -190,3 +193,4 @@ inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long c,
 inline long long __double_as_longlong(double d) { long long r; std::memcpy(&r, &d, 8); return r; }
 inline double __longlong_as_double(long long l) { double r; std::memcpy(&r, &l, 8); return r; }
 inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
