@@ -64,8 +64,9 @@ constexpr unsigned facing(int e0, int e1, int e2) {
 // is mostly merged already, so the first union hangs the node one step below an existing tree.
 // Left first, the lanes of a warp (consecutive along k) each hung under their left neighbour in
 // the same instant: chains 32 long (and longer across warps) that every later walk climbed. In a
-// model of warps in lockstep (bench/gpu/union_find_model.cpp) plane first cut the merge's walk
-// steps 3-8x and the depth left for the finishing walks 3-9x on 30 % blobs and 50 % noise.
+// model of warps in lockstep (bench/gpu/union_find_model.cpp) plane first cut the block merge's
+// walk steps 3-8x and the depth left for the finishing walks 3-9x on 30 % blobs and 50 % noise
+// (the voxel path's walk steps 2-4x).
 constexpr int kUnionOrder[13] = {2, 5, 6, 7, 8, 9, 10, 11, 12, 1, 3, 4, 0};
 
 // One union of a voxel or block, in kUnionOrder: the neighbour's offset, its index q in kNeighbours
@@ -275,7 +276,6 @@ template <typename T>
 __device__ __forceinline__ T value_at(const T* in, const Blocks& g, int bi, int bj, int bk, int q) {
   return voxel(in, g.s, 2 * bi + (q >> 2), 2 * bj + ((q >> 1) & 1), 2 * bk + (q & 1));
 }
-
 
 template <typename T>
 __global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* parent, int* first, uint8_t* occupancy,
