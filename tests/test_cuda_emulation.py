@@ -91,7 +91,8 @@ def test_union_order_model(tmp_path):
     # The labeller makes each node's unions previous plane first and left neighbour last
     # (label_cuda.cu's kUnionOrder), on the strength of bench/gpu/union_find_model.cpp: a model of
     # warps making their unions in lockstep. Check that the model still has the kernel's order, that
-    # its merge finds scipy's components, and that it still finds plane-first cheaper.
+    # its merge finds scipy's components, and that it still finds plane-first cheaper (with 4 nodes per
+    # thread, as the kernels take them, by 1.2-1.8x on whole-body masks; 3-9x with one per thread).
     np = pytest.importorskip("numpy")
     ndi = pytest.importorskip("scipy.ndimage")
     model = ROOT / "bench" / "gpu" / "union_find_model.cpp"
@@ -116,4 +117,4 @@ def test_union_order_model(tmp_path):
                                      capture_output=True, text=True, check=True).stdout
                 loads[first] = int(re.search(r"walk (\d+) loads", out).group(1))
                 assert int(re.search(r"(\d+) components", out).group(1)) == ndi.label(mask, structure)[1], out
-            assert loads["plane"] * 1.3 < loads["left"], (name, path_kind, connectivity, loads)
+            assert loads["plane"] < loads["left"], (name, path_kind, connectivity, loads)

@@ -1,12 +1,13 @@
 // A model of the labeller's union-find merge on a GPU (csrc/cuda/label_cuda.cu), to weigh changes to
 // the order of the unions without hardware. It counts work, it does not time anything:
-//   * lanes: one per voxel (voxel path) or per 2x2x2 block (26-connectivity block path), in raster
-//     order, 32 to a warp; `warps` warps resident at once, the next admitted as one retires;
+//   * nodes: voxels (voxel path) or 2x2x2 blocks (26-connectivity block path) in raster order, each
+//     lane taking PER_LANE consecutive nodes one after the other (4, as the kernels do), 32 lanes
+//     to a warp; `warps` warps resident at once, the next admitted as one retires;
 //   * each tick, every resident warp (in random order) makes its next union step in lockstep: all
 //     its lanes walk to their roots on the state before any lane's atomicMin, then the atomics land
 //     lane by lane, a lane whose atomic lost retrying on the fresh state (as unite() does);
-//   * walks continue from the member the previous union returned, and each lane finishes with the
-//     kernel's shortcut (pass `0` as the last argument to leave it out).
+//   * walks continue from the member the previous union returned, and each node's unions end with
+//     the kernel's shortcut (SHORTCUT=0 leaves it out).
 // Reported: parent loads of all walks ("walk"), the sum over warp steps of the slowest lane's loads
 // (what a warp waits for), atomics, the depth left for the finishing walks (sum; sum over warps of
 // the worst lane), and the number of components (roots), which must equal scipy's.
@@ -15,7 +16,7 @@
 //   cd bench && python -c "from test_bench_components import *; r = np.random.default_rng(0)
 //     m = ccl_cases({'noise50': (r.random((326, 400, 400)) < .5).astype(np.uint8)})
 //     [m[k].tofile(f'/tmp/{k}.u8') for k in m]" && cd ..
-//   /tmp/union_find_model /tmp/noise50.u8 326 400 400 block 26 plane 4096
+//   /tmp/union_find_model /tmp/noise50.u8 326 400 400 block 26 plane 4096  # [PER_LANE=4] [SHORTCUT=1] [SEED=1]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -54,7 +55,8 @@ int find_root(int v, long long& loads) {
 
 int main(int argc, char** argv) {
   if (argc < 9) {
-    std::fprintf(stderr, "usage: %s MASK.u8 N0 N1 N2 block|voxel CONNECTIVITY left|plane WARPS [SHORTCUT=1] [SEED=1]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s MASK.u8 N0 N1 N2 block|voxel CONNECTIVITY left|plane WARPS [PER_LANE=4] [SHORTCUT=1] [SEED=1]\n",
+                 argv[0]);
     return 2;
   }
   const int n0 = std::atoi(argv[2]), n1 = std::atoi(argv[3]), n2 = std::atoi(argv[4]);
@@ -62,8 +64,13 @@ int main(int argc, char** argv) {
   const int connectivity = std::atoi(argv[6]), count = connectivity == 6 ? 3 : connectivity == 18 ? 9 : 13;
   const int* order = std::strcmp(argv[7], "plane") == 0 ? kPlaneFirst : kLeftFirst;
   const size_t warps = std::strtoul(argv[8], nullptr, 10);
-  const bool shortcut = argc < 10 || std::atoi(argv[9]) != 0;
-  std::mt19937 rng(argc > 10 ? std::atoi(argv[10]) : 1);
+  const int per_lane = argc > 9 ? std::atoi(argv[9]) : 4;
+  const bool shortcut = argc < 11 || std::atoi(argv[10]) != 0;
+  std::mt19937 rng(argc > 11 ? std::atoi(argv[11]) : 1);
+  if (per_lane < 1) {
+    std::fprintf(stderr, "PER_LANE must be at least 1\n");
+    return 2;
+  }
   if (blocks && connectivity != 26) {
     std::fprintf(stderr, "the block path is 26-connectivity only\n");
     return 2;
@@ -112,18 +119,22 @@ int main(int argc, char** argv) {
   };
 
   long long loads = 0, warp_loads = 0, atomics = 0;
-  std::vector<std::pair<size_t, int>> resident;  // (warp, next step)
+  std::vector<std::pair<size_t, int>> resident;  // (warp, next step: node step / 13 of each lane, union step % 13)
   size_t next = 0;
-  const size_t total_warps = (n + 31) / 32;
+  const size_t warp_nodes = size_t(32) * per_lane, total_warps = (n + warp_nodes - 1) / warp_nodes, steps = 13 * per_lane;
+  auto node_of = [&](size_t w, int lane, int q) { return w * warp_nodes + size_t(lane) * per_lane + q; };
   for (;;) {
     while (resident.size() < warps && next < total_warps) resident.push_back({next++, 0});
     if (resident.empty()) break;
     std::shuffle(resident.begin(), resident.end(), rng);
-    for (auto& [w, r] : resident) {
+    for (auto& [w, step] : resident) {
+      const int q = step / 13, r = step % 13;
       int lane_node[32], a[32], b[32];
       long long lane_loads[32];
       int lanes = 0;
-      for (size_t t = w * 32; t < std::min(n, w * 32 + 32); ++t) {
+      for (int lane = 0; lane < 32; ++lane) {
+        const size_t t = node_of(w, lane, q);
+        if (t >= n) break;
         const int o = partner(t, r);
         if (o < 0) continue;
         lane_node[lanes] = int(t);
@@ -149,34 +160,38 @@ int main(int argc, char** argv) {
         slowest = std::max(slowest, lane_loads[l]);
       }
       warp_loads += slowest;
-      if (++r == 13 && shortcut) {
-        for (size_t t = w * 32; t < std::min(n, w * 32 + 32); ++t) {
-          if (node[t] && self[t] < parent[t]) {
+      if (++step % 13 == 0 && shortcut) {
+        for (int lane = 0; lane < 32; ++lane) {
+          const size_t t = node_of(w, lane, q);
+          if (t < n && node[t] && self[t] < parent[t]) {
             parent[t] = self[t];
             ++atomics;
           }
         }
       }
     }
-    resident.erase(std::remove_if(resident.begin(), resident.end(), [](const auto& x) { return x.second == 13; }),
+    resident.erase(std::remove_if(resident.begin(), resident.end(), [&](const auto& x) { return x.second == int(steps); }),
                    resident.end());
   }
 
   long long depth = 0, warp_depth = 0, components = 0;
   for (size_t w = 0; w < total_warps; ++w) {
     long long slowest = 0;
-    for (size_t t = w * 32; t < std::min(n, w * 32 + 32); ++t) {
-      if (!node[t]) continue;
-      long long d = 0;
-      find_root(int(t), d);
-      components += parent[t] == int(t);
-      depth += d;
-      slowest = std::max(slowest, d);
+    for (int lane = 0; lane < 32; ++lane) {
+      long long lane_depth = 0;
+      for (int q = 0; q < per_lane; ++q) {
+        const size_t t = node_of(w, lane, q);
+        if (t >= n || !node[t]) continue;
+        find_root(int(t), lane_depth);
+        components += parent[t] == int(t);
+      }
+      depth += lane_depth;
+      slowest = std::max(slowest, lane_depth);
     }
     warp_depth += slowest;
   }
-  std::printf("%s %s %d-conn, %s first, %zu warps, shortcut %d: walk %lld loads, warps wait %lld, %lld atomics, "
+  std::printf("%s %s %d-conn, %s first, %zu warps, %d per lane, shortcut %d: walk %lld loads, warps wait %lld, %lld atomics, "
               "depth left %lld (warps wait %lld), %lld components\n",
-              argv[1], argv[5], connectivity, order == kPlaneFirst ? "plane" : "left", warps, int(shortcut), loads,
+              argv[1], argv[5], connectivity, order == kPlaneFirst ? "plane" : "left", warps, per_lane, int(shortcut), loads,
               warp_loads, atomics, depth, warp_depth, components);
 }

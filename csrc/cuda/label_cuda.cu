@@ -62,11 +62,11 @@ constexpr unsigned facing(int e0, int e1, int e2) {
 // The order in which a voxel or block makes its unions (indices into kNeighbours): the previous
 // plane first, then the previous row, the left neighbour last, as BUF_3D does. The previous plane
 // is mostly merged already, so the first union hangs the node one step below an existing tree.
-// Left first, the lanes of a warp (consecutive along k) each hung under their left neighbour in
-// the same instant: chains 32 long (and longer across warps) that every later walk climbed. In a
-// model of warps in lockstep (bench/gpu/union_find_model.cpp) plane first cut the block merge's
-// walk steps 3-8x and the depth left for the finishing walks 3-9x on 30 % blobs and 50 % noise
-// (the voxel path's walk steps 2-4x).
+// Left first, with a node per thread, the lanes of a warp (consecutive along k) each hung under
+// their left neighbour in the same instant: chains 32 long (and longer across warps) that every
+// later walk climbed. In a model of warps in lockstep (bench/gpu/union_find_model.cpp) plane first
+// then cut the block merge's walk steps 3-8x and the depth left for the finishing walks 3-9x on
+// 30 % blobs and 50 % noise; with 4 nodes per thread, as now, it still saves 1.2-1.8x.
 constexpr int kUnionOrder[13] = {2, 5, 6, 7, 8, 9, 10, 11, 12, 1, 3, 4, 0};
 
 // One union of a voxel or block, in kUnionOrder: the neighbour's offset, its index q in kNeighbours
@@ -138,14 +138,14 @@ __device__ __forceinline__ T voxel(const T* in, const Shape3& s, int i, int j, i
   return in[i * s.s0 + j * s.s1 + k * s.s2];
 }
 
-// Every pass of the voxel path gives each thread 4 consecutive voxels and loads all 4 before using
-// any. With one voxel per thread an H200 holds about 1 MB of loads in flight (2048 threads x 132
-// SMs x 4 bytes), a third of what its memory needs to stream: each pass over the int32 labels took
-// ~0.2 ms where a copy of them takes 0.1 ms.
+// Every pass gives each thread 4 consecutive voxels (or blocks) and loads all 4 before using any.
+// With one voxel per thread an H200 holds about 1 MB of loads in flight (2048 threads x 132 SMs x 4
+// bytes), a third of what its memory needs to stream: each pass over the int32 labels took ~0.2 ms
+// where a copy of them takes 0.1 ms.
 constexpr int kPerThread = int(kLabelVoxelsPerScanBlock / kScanBlock);
-static_assert(kPerThread == 4, "the voxel path's passes take 4 voxels per thread");
-__device__ __forceinline__ int64_t first_voxels() { return (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kPerThread; }
-__device__ __forceinline__ int64_t voxels_stride() { return int64_t(gridDim.x) * blockDim.x * kPerThread; }
+static_assert(kPerThread == 4, "the passes take 4 voxels or blocks per thread");
+__device__ __forceinline__ int64_t first_of_four() { return (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kPerThread; }
+__device__ __forceinline__ int64_t stride_of_four() { return int64_t(gridDim.x) * blockDim.x * kPerThread; }
 __device__ __forceinline__ void load_voxels(const int* p, int64_t v0, int64_t n, int (&x)[kPerThread]) {
 #pragma unroll
   for (int r = 0; r < kPerThread; ++r) x[r] = v0 + r < n ? p[v0 + r] : 0;
@@ -154,7 +154,7 @@ __device__ __forceinline__ void load_voxels(const int* p, int64_t v0, int64_t n,
 template <typename T>
 __global__ void init_kernel(const T* __restrict__ in, Shape3 s, int* out) {
   const int64_t n = int64_t(s.n0) * s.n1 * s.n2;
-  for (int64_t v0 = first_voxels(); v0 < n; v0 += voxels_stride()) {
+  for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
     int i, j, k;
     coords(s.n1, s.n2, v0, i, j, k);
     bool on[kPerThread];
@@ -185,7 +185,7 @@ __global__ void merge_kernel(const T* __restrict__ in, Shape3 s, int* out, int c
   const int64_t n = int64_t(s.n0) * s.n1 * s.n2;
   const int count = connectivity == 6 ? 3 : (connectivity == 18 ? 9 : 13);
   const unsigned after_same_left = connectivity == 6 ? 0x7u : (connectivity == 18 ? kAfterSameLeft18 : kAfterSameLeft26);
-  for (int64_t v0 = first_voxels(); v0 < n; v0 += voxels_stride()) {
+  for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
     int entry[kPerThread];
     load_voxels(out, v0, n, entry);  // background stays 0 whatever the other threads' unions do
     for (int q = 0; q < kPerThread; ++q) {
@@ -286,7 +286,7 @@ __global__ void number_roots_kernel(int* out, int64_t n, const int* block_offset
 // Every member takes its root's label: walk up to the first entry that is a label already (the
 // root, numbered negative, or a member finished before); negative until all are done.
 __global__ void members_kernel(int* out, int64_t n) {
-  for (int64_t v0 = first_voxels(); v0 < n; v0 += voxels_stride()) {
+  for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
     int entry[kPerThread];
     load_voxels(out, v0, n, entry);  // a parent pointer loaded here stays a valid start if labelled since
     for (int r = 0; r < kPerThread; ++r) {
@@ -300,7 +300,7 @@ __global__ void members_kernel(int* out, int64_t n) {
 }
 
 __global__ void flip_kernel(int* out, int64_t n) {
-  for (int64_t v0 = first_voxels(); v0 < n; v0 += voxels_stride()) {
+  for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
     int entry[kPerThread];
     load_voxels(out, v0, n, entry);
 #pragma unroll
@@ -316,6 +316,13 @@ struct Blocks {
   Shape3 s;
   int b0, b1, b2;  // blocks per axis
 };
+
+// The occupancy bytes of blocks b0..b0+3 (b0 a multiple of 4, so one aligned 4-byte load; the
+// scratch is 16-byte aligned), those from nb on zeroed: block init writes no padding.
+__device__ __forceinline__ unsigned occupancy_of_four(const uint8_t* occupancy, int64_t b0, int64_t nb) {
+  const unsigned four = *reinterpret_cast<const unsigned*>(occupancy + b0);
+  return nb - b0 >= 4 ? four : four & ((1u << (8 * (nb - b0))) - 1u);
+}
 
 // Bit q = 4 di + 2 dj + dk of a block's occupancy is voxel (2 bi + di, 2 bj + dj, 2 bk + dk): the
 // lowest set bit is the block's first voxel in raster order.
@@ -368,46 +375,53 @@ __global__ void block_merge_kernel(const T* __restrict__ in, Blocks g, int* pare
   // Every value 1 (bool and 0/1 masks): occupied neighbours hold the same value, so the mask is not
   // read again.
   const bool compare = *not_binary != 0;
-  for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
-    const unsigned bits = occupancy[b];
-    if (bits == 0) continue;
-    int bi, bj, bk;
-    coords(g.b1, g.b2, b, bi, bj, bk);
-    const T val = compare ? value_at(in, g, bi, bj, bk, __ffs(bits) - 1) : T(1);
-    int self = int(b);  // walks to this block's root start here
+  for (int64_t b0 = first_of_four(); b0 < nb; b0 += stride_of_four()) {
+    const unsigned four = occupancy_of_four(occupancy, b0, nb);
+    for (int q = 0; q < kPerThread; ++q) {
+      const unsigned bits = (four >> (8 * q)) & 0xffu;
+      if (bits == 0) continue;
+      const int b = int(b0 + q);
+      int bi, bj, bk;
+      coords(g.b1, g.b2, b, bi, bj, bk);
+      const T val = compare ? value_at(in, g, bi, bj, bk, __ffs(bits) - 1) : T(1);
+      int self = b;  // walks to this block's root start here
 #pragma unroll
-    for (int r = 0; r < 13; ++r) {
-      const UnionStep& u = kUnionSteps.step[r];
-      const int i2 = bi + u.d0, j2 = bj + u.d1, k2 = bk + u.d2;
-      if (i2 < 0 || j2 < 0 || j2 >= g.b1 || k2 < 0 || k2 >= g.b2) continue;
-      if (!(bits & u.own)) continue;
-      const int b2 = (i2 * g.b1 + j2) * g.b2 + k2;
-      const unsigned other = occupancy[b2];
-      if (!(other & u.other)) continue;
-      if (compare && value_at(in, g, i2, j2, k2, __ffs(other) - 1) != val) continue;
-      self = unite(parent, self, b2);
+      for (int r = 0; r < 13; ++r) {
+        const UnionStep& u = kUnionSteps.step[r];
+        const int i2 = bi + u.d0, j2 = bj + u.d1, k2 = bk + u.d2;
+        if (i2 < 0 || j2 < 0 || j2 >= g.b1 || k2 < 0 || k2 >= g.b2) continue;
+        if (!(bits & u.own)) continue;
+        const int b2 = (i2 * g.b1 + j2) * g.b2 + k2;
+        const unsigned other = occupancy[b2];
+        if (!(other & u.other)) continue;
+        if (compare && value_at(in, g, i2, j2, k2, __ffs(other) - 1) != val) continue;
+        self = unite(parent, self, b2);
+      }
+      shortcut(parent, b, self);
     }
-    shortcut(parent, int(b), self);
   }
 }
 
 // Every block to its root, and each root's `first` to the smallest first voxel of its blocks.
 __global__ void block_compress_kernel(Blocks g, int* parent, const uint8_t* __restrict__ occupancy, int* first) {
   const int64_t nb = int64_t(g.b0) * g.b1 * g.b2;
-  for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
-    const unsigned bits = occupancy[b];
-    if (bits == 0) continue;
-    const int r = find_root(parent, int(b));
-    // Path compression, safe now that the unions are done: every entry on b's path gets the final
-    // root (threads sharing a path write the same value), so later walks through it take one step.
-    for (int v = int(b); v != r;) {
-      const int next = parent[v] - 1;
-      parent[v] = r + 1;
-      v = next;
+  for (int64_t b0 = first_of_four(); b0 < nb; b0 += stride_of_four()) {
+    const unsigned four = occupancy_of_four(occupancy, b0, nb);
+    for (int q = 0; q < kPerThread; ++q) {
+      const unsigned bits = (four >> (8 * q)) & 0xffu;
+      if (bits == 0) continue;
+      const int b = int(b0 + q), r = find_root(parent, b);
+      // Path compression, safe now that the unions are done: every entry on b's path gets the final
+      // root (threads sharing a path write the same value), so later walks through it take one step.
+      for (int v = b; v != r;) {
+        const int next = parent[v] - 1;
+        parent[v] = r + 1;
+        v = next;
+      }
+      int bi, bj, bk;
+      coords(g.b1, g.b2, b, bi, bj, bk);
+      atomicMin(first + r, voxel_of(g, bi, bj, bk, __ffs(bits) - 1));
     }
-    int bi, bj, bk;
-    coords(g.b1, g.b2, b, bi, bj, bk);
-    atomicMin(first + r, voxel_of(g, bi, bj, bk, __ffs(bits) - 1));
   }
 }
 
@@ -415,8 +429,12 @@ __global__ void block_compress_kernel(Blocks g, int* parent, const uint8_t* __re
 // n / 8 bytes each, not n (a byte per voxel was a third of the sparse path's memory traffic).
 __global__ void mark_starts_kernel(int64_t nb, const int* parent, const int* first, const uint8_t* __restrict__ occupancy,
                                    unsigned* starts) {
-  for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < nb; b += int64_t(gridDim.x) * blockDim.x) {
-    if (occupancy[b] && parent[b] == int(b + 1)) atomicOr(starts + (first[b] >> 5), 1u << (first[b] & 31));
+  for (int64_t b0 = first_of_four(); b0 < nb; b0 += stride_of_four()) {
+    const unsigned four = occupancy_of_four(occupancy, b0, nb);
+    for (int q = 0; q < kPerThread; ++q) {
+      const int b = int(b0 + q);
+      if (((four >> (8 * q)) & 0xffu) && parent[b] == b + 1) atomicOr(starts + (first[b] >> 5), 1u << (first[b] & 31));
+    }
   }
 }
 
@@ -490,6 +508,7 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
   DeviceGuard guard(src.device);
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   require(src.size() < INT32_MAX, "internal: label_cuda indexes voxels with int32");
+  require(reinterpret_cast<uintptr_t>(scratch.data) % 16 == 0, "internal: label scratch must be 16-byte aligned");
   const Shape3 s{int(src.shape[0]), int(src.shape[1]), int(src.shape[2]), src.strides[0], src.strides[1], src.strides[2]};
   const LabelScratchLayout layout = label_scratch_layout(src.shape);
   require(scratch.dtype == DType::Int32 && scratch.size() >= layout.total, "internal: label scratch too small");
@@ -512,14 +531,15 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
                                                                occupancy, mixed, not_binary);
     });
     if (read_count(mixed, stream) == 0) {  // every block holds one value
+      const unsigned fours = blocks_for((nb + kPerThread - 1) / kPerThread);
       cuda_check(cudaMemsetAsync(starts, 0, flag_blocks * kLabelFlagsPerScanBlock / 8, stream), "label memset");
       dispatch_dtype(src.dtype, [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
-        block_merge_kernel<T><<<blocks_for(nb), 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, occupancy,
+        block_merge_kernel<T><<<fours, 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, occupancy,
                                                                   not_binary);
       });
-      block_compress_kernel<<<blocks_for(nb), 256, 0, stream>>>(g, parent, occupancy, first);
-      mark_starts_kernel<<<blocks_for(nb), 256, 0, stream>>>(nb, parent, first, occupancy, starts);
+      block_compress_kernel<<<fours, 256, 0, stream>>>(g, parent, occupancy, first);
+      mark_starts_kernel<<<fours, 256, 0, stream>>>(nb, parent, first, occupancy, starts);
       const auto* flags = reinterpret_cast<const uint4*>(starts);
       count_starts_kernel<<<unsigned(flag_blocks), kScanBlock, 0, stream>>>(flags, counts);
       scan_counts_kernel<<<1, kScanBlock, 0, stream>>>(counts, flag_blocks);
