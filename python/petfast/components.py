@@ -173,17 +173,24 @@ def _stats(labels, count, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats
         if img.device != lab.device:
             raise ValueError("image and labels live on different devices")
     count = _count(lab) if count is None else int(count)
-    acc = _arrays.empty(lab, (count + 1, 6, 1), np.float64, axis_order=(0, 1, 2))
-    box = _arrays.empty(lab, (count + 1, 6, 1), np.int32, axis_order=(0, 1, 2))
-    _C.component_stats(lab.spec(), img.spec() if img else None, count, acc.spec(), box.spec(), lab.stream())
-    a = _to_numpy(acc.obj)[:, :, 0]
+    # One buffer holds both tables (per row 6 float64 sums, then per row 6 int32 box bounds), so that
+    # a CUDA call copies its results back once, with one wait.
+    rows = count + 1
+    table = _arrays.empty(lab, (rows * 9,), np.float64).obj
+    box = table[rows * 6:]
+    box = box.view(_arrays._torch_dtypes()[np.dtype(np.int32)] if _arrays._is_torch(box) else np.int32)
+    _C.component_stats(lab.spec(), img.spec() if img else None, count,
+                       _arrays.adapt(table[:rows * 6].reshape(rows, 6, 1), "statistics").spec(),
+                       _arrays.adapt(box.reshape(rows, 6, 1), "bounding boxes").spec(), lab.stream())
+    host = _to_numpy(table)
+    a = host[:rows * 6].reshape(rows, 6)
     if a[0, 1] > 0:  # row 0: the voxels whose label is outside 0..count, then the NaN image values
         raise ValueError(f"{int(a[0, 1])} voxels have labels outside 0..{count}: count must be the largest "
                          "label (as petfast.label returns it), and labels are not negative")
     if a[0, 0] > 0:
         raise ValueError(f"image contains NaN values inside the components ({int(a[0, 0])} voxels)")
     a = a[1:]
-    b = _to_numpy(box.obj)[1:, :, 0]
+    b = host[rows * 6:].view(np.int32).reshape(rows, 6)[1:]
     voxels = a[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = ComponentStats(voxels=voxels.astype(np.int64), volume_ml=voxels * np.prod(sp) / 1000.0, bbox=b,
