@@ -10,8 +10,9 @@
 //   a corner) hold a voxel each, of equal value: one node per 8 voxels. The components are then
 //   numbered by a scan over one start flag per voxel (the first voxel of each component).
 // * otherwise (6, 18, or blocks holding two values): union-find over voxels, each joining the
-//   backward neighbours that its left neighbour does not already join; roots are then each
-//   component's first voxel, numbered by a scan.
+//   backward neighbours that its left neighbour does not already join; then every voxel points
+//   straight at its root (each component's first voxel, which sets a start flag), the start flags
+//   are numbered by the same scan, and every voxel takes its root's number.
 // Union-find entries hold parent index + 1 (0 = background).
 #include <climits>
 
@@ -142,8 +143,7 @@ __device__ __forceinline__ T voxel(const T* in, const Shape3& s, int i, int j, i
 // With one voxel per thread an H200 holds about 1 MB of loads in flight (2048 threads x 132 SMs x 4
 // bytes), a third of what its memory needs to stream: each pass over the int32 labels took ~0.2 ms
 // where a copy of them takes 0.1 ms.
-constexpr int kPerThread = int(kLabelVoxelsPerScanBlock / kScanBlock);
-static_assert(kPerThread == 4, "the passes take 4 voxels or blocks per thread");
+constexpr int kPerThread = 4;
 __device__ __forceinline__ int64_t first_of_four() { return (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kPerThread; }
 __device__ __forceinline__ int64_t stride_of_four() { return int64_t(gridDim.x) * blockDim.x * kPerThread; }
 __device__ __forceinline__ void load_voxels(const int* p, int64_t v0, int64_t n, int (&x)[kPerThread]) {
@@ -210,6 +210,46 @@ __global__ void merge_kernel(const T* __restrict__ in, Shape3 s, int* out, int c
   }
 }
 
+// Every voxel to its root (path compression, safe now that the unions are done: threads sharing a
+// path write the same root into it), and a start flag for each root, which is its component's first
+// voxel (a union keeps the smaller index as root).
+__global__ void voxel_compress_kernel(int* out, int64_t n, unsigned* starts) {
+  for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
+    int entry[kPerThread];
+    load_voxels(out, v0, n, entry);
+    for (int r = 0; r < kPerThread; ++r) {
+      const int v = int(v0 + r);
+      if (entry[r] == 0) continue;
+      if (entry[r] == v + 1) {
+        atomicOr(starts + (v >> 5), 1u << (v & 31));
+        continue;
+      }
+      const int root = find_root(out, v);
+      for (int w = v; w != root;) {
+        const int next = out[w] - 1;
+        out[w] = root + 1;
+        w = next;
+      }
+    }
+  }
+}
+
+// Every voxel takes its root's number: a root holds it negated (number_starts_kernel), every other
+// voxel points straight at its root. Each thread writes only its own voxels and reads only roots,
+// which their own threads make positive meanwhile: hence the magnitude. One pass, where walking to
+// the roots and then flipping the signs took two.
+__global__ void voxel_labels_kernel(int* out, int64_t n) {
+  for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
+    int entry[kPerThread];
+    load_voxels(out, v0, n, entry);
+#pragma unroll
+    for (int r = 0; r < kPerThread; ++r) {
+      if (entry[r] < 0) out[v0 + r] = -entry[r];
+      if (entry[r] > 0) out[v0 + r] = abs(out[entry[r] - 1]);
+    }
+  }
+}
+
 // ---- scans ---------------------------------------------------------------------------------------
 
 __device__ __forceinline__ int block_exclusive_scan(int flag, int* warp_sums, int* total) {
@@ -235,24 +275,6 @@ __device__ __forceinline__ int block_exclusive_scan(int flag, int* warp_sums, in
   return before;
 }
 
-// The voxel path's scans: a CUDA block numbers the roots among kScanBlock x kPerThread voxels.
-__device__ __forceinline__ int count_roots(const int* out, int64_t n, int64_t& v0, int (&entry)[kPerThread]) {
-  v0 = (int64_t(blockIdx.x) * kScanBlock + threadIdx.x) * kPerThread;
-  load_voxels(out, v0, n, entry);
-  int roots = 0;
-#pragma unroll
-  for (int r = 0; r < kPerThread; ++r) roots += entry[r] == int(v0 + r + 1);  // 0 past the end
-  return roots;
-}
-
-__global__ void count_roots_kernel(const int* out, int64_t n, int* block_counts) {
-  __shared__ int warp_sums[32];
-  int64_t v0;
-  int entry[kPerThread], total;
-  block_exclusive_scan(count_roots(out, n, v0, entry), warp_sums, &total);
-  if (threadIdx.x == 0) block_counts[blockIdx.x] = total;
-}
-
 // One block turns the per-block counts into exclusive offsets; the grand total goes last.
 __global__ void scan_counts_kernel(int* block_counts, int64_t blocks) {
   __shared__ int warp_sums[32];
@@ -270,44 +292,6 @@ __global__ void scan_counts_kernel(int* block_counts, int64_t blocks) {
     __syncthreads();
   }
   if (threadIdx.x == 0) block_counts[blocks] = carry;
-}
-
-__global__ void number_roots_kernel(int* out, int64_t n, const int* block_offsets) {
-  __shared__ int warp_sums[32];
-  int64_t v0;
-  int entry[kPerThread];
-  int label = block_offsets[blockIdx.x] + 1 + block_exclusive_scan(count_roots(out, n, v0, entry), warp_sums, nullptr);
-#pragma unroll
-  for (int r = 0; r < kPerThread; ++r) {
-    if (entry[r] == int(v0 + r + 1)) out[v0 + r] = -(label++);
-  }
-}
-
-// Every member takes its root's label: walk up to the first entry that is a label already (the
-// root, numbered negative, or a member finished before); negative until all are done.
-__global__ void members_kernel(int* out, int64_t n) {
-  for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
-    int entry[kPerThread];
-    load_voxels(out, v0, n, entry);  // a parent pointer loaded here stays a valid start if labelled since
-    for (int r = 0; r < kPerThread; ++r) {
-      int p = entry[r];
-      if (p <= 0) continue;
-      while (p > 0) p = out[p - 1];
-      // Every entry on the path takes the label too (all of them share it): later walks stop there.
-      for (int w = int(v0 + r), next; (next = out[w]) > 0; w = next - 1) out[w] = p;
-    }
-  }
-}
-
-__global__ void flip_kernel(int* out, int64_t n) {
-  for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
-    int entry[kPerThread];
-    load_voxels(out, v0, n, entry);
-#pragma unroll
-    for (int r = 0; r < kPerThread; ++r) {
-      if (entry[r] < 0) out[v0 + r] = -entry[r];
-    }
-  }
 }
 
 // ---- block path ----------------------------------------------------------------------------------
@@ -447,9 +431,9 @@ __global__ void count_starts_kernel(const uint4* __restrict__ starts, int* block
   if (threadIdx.x == 0) block_counts[blockIdx.x] = total;
 }
 
-// Each start voxel's number goes to its component's root block (in `first`, no longer needed).
-__global__ void number_starts_kernel(const uint4* __restrict__ starts, Blocks g, const int* block_offsets,
-                                     const int* parent, int* label_of_root) {
+// Numbers the start voxels 1..N in raster order and hands each its number.
+template <typename Assign>
+__global__ void number_starts_kernel(const uint4* __restrict__ starts, const int* block_offsets, Assign assign) {
   __shared__ int warp_sums[32];
   const uint4 f = starts[int64_t(blockIdx.x) * kScanBlock + threadIdx.x];
   int label = block_offsets[blockIdx.x] + 1 + block_exclusive_scan(count_flags(f), warp_sums, nullptr);
@@ -458,11 +442,36 @@ __global__ void number_starts_kernel(const uint4* __restrict__ starts, Blocks g,
 #pragma unroll
   for (int w = 0; w < 4; ++w) {
     for (unsigned bits = words[w]; bits; bits &= bits - 1) {  // set bits, lowest (first voxel) first
-      int i, j, k;
-      coords(g.s.n1, g.s.n2, v0 + 32 * w + __ffs(bits) - 1, i, j, k);
-      label_of_root[parent[((i / 2) * g.b1 + j / 2) * g.b2 + k / 2] - 1] = label++;
+      assign(int(v0 + 32 * w + __ffs(bits) - 1), label++);
     }
   }
+}
+
+// Block path: the number goes to the component's root block (in `first`, no longer needed).
+struct NumberRootBlock {
+  Blocks g;
+  const int* parent;
+  int* label_of_root;
+  __device__ void operator()(int v, int label) const {
+    int i, j, k;
+    coords(g.s.n1, g.s.n2, v, i, j, k);
+    label_of_root[parent[((i / 2) * g.b1 + j / 2) * g.b2 + k / 2] - 1] = label;
+  }
+};
+
+// Voxel path: the start voxel is the root; it holds its number negated until voxel_labels_kernel.
+struct NumberRootVoxel {
+  int* out;
+  __device__ void operator()(int v, int label) const { out[v] = -label; }
+};
+
+// Counts the start flags per scan block, turns the counts into offsets and numbers the starts.
+template <typename Assign>
+void number_starts(const unsigned* starts, int64_t flag_blocks, int* counts, Assign assign, cudaStream_t stream) {
+  const auto* flags = reinterpret_cast<const uint4*>(starts);
+  count_starts_kernel<<<unsigned(flag_blocks), kScanBlock, 0, stream>>>(flags, counts);
+  scan_counts_kernel<<<1, kScanBlock, 0, stream>>>(counts, flag_blocks);
+  number_starts_kernel<Assign><<<unsigned(flag_blocks), kScanBlock, 0, stream>>>(flags, counts, assign);
 }
 
 // One CUDA block per row (bi, bj) of 2x2x2 blocks, a thread per block: it loads the block's label
@@ -516,14 +525,15 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
   int* base = static_cast<int*>(scratch.data);
   int* out = static_cast<int*>(dst.data);
   int* counts = base + layout.counts;
+  auto* starts = reinterpret_cast<unsigned*>(base + layout.starts);
+  const int64_t flag_blocks = (layout.total - layout.starts) * 32 / kLabelFlagsPerScanBlock;
 
   if (connectivity == 26) {
     const Blocks g{s, (s.n0 + 1) / 2, (s.n1 + 1) / 2, (s.n2 + 1) / 2};
-    const int64_t nb = int64_t(g.b0) * g.b1 * g.b2, flag_blocks = (layout.total - layout.starts) * 32 / kLabelFlagsPerScanBlock;
+    const int64_t nb = int64_t(g.b0) * g.b1 * g.b2;
     int *mixed = base + layout.mixed, *not_binary = base + layout.not_binary, *parent = base + layout.parent,
         *first = base + layout.first;
     auto* occupancy = reinterpret_cast<uint8_t*>(base + layout.occupancy);
-    auto* starts = reinterpret_cast<unsigned*>(base + layout.starts);
     cuda_check(cudaMemsetAsync(mixed, 0, 2 * sizeof(int), stream), "label memset");  // mixed, not_binary
     dispatch_dtype(src.dtype, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
@@ -540,30 +550,25 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
       });
       block_compress_kernel<<<fours, 256, 0, stream>>>(g, parent, occupancy, first);
       mark_starts_kernel<<<fours, 256, 0, stream>>>(nb, parent, first, occupancy, starts);
-      const auto* flags = reinterpret_cast<const uint4*>(starts);
-      count_starts_kernel<<<unsigned(flag_blocks), kScanBlock, 0, stream>>>(flags, counts);
-      scan_counts_kernel<<<1, kScanBlock, 0, stream>>>(counts, flag_blocks);
-      number_starts_kernel<<<unsigned(flag_blocks), kScanBlock, 0, stream>>>(flags, g, counts, parent, first);
+      number_starts(starts, flag_blocks, counts, NumberRootBlock{g, parent, first}, stream);
       const bool pairs = s.n2 % 2 == 0 && reinterpret_cast<uintptr_t>(out) % alignof(int2) == 0;
       block_labels_kernel<<<unsigned(g.b0) * unsigned(g.b1), 128, 0, stream>>>(g, parent, occupancy, first, out, pairs);
       return read_count(counts + flag_blocks, stream);
     }
   }
 
-  const int64_t scan_blocks = (n + kScanBlock * kPerThread - 1) / (kScanBlock * kPerThread);
   const unsigned grid = blocks_for((n + kPerThread - 1) / kPerThread);
+  cuda_check(cudaMemsetAsync(starts, 0, flag_blocks * kLabelFlagsPerScanBlock / 8, stream), "label memset");
   dispatch_dtype(src.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(src.data);
     init_kernel<T><<<grid, 256, 0, stream>>>(in, s, out);
     merge_kernel<T><<<grid, 256, 0, stream>>>(in, s, out, connectivity);
   });
-  count_roots_kernel<<<unsigned(scan_blocks), kScanBlock, 0, stream>>>(out, n, counts);
-  scan_counts_kernel<<<1, kScanBlock, 0, stream>>>(counts, scan_blocks);
-  number_roots_kernel<<<unsigned(scan_blocks), kScanBlock, 0, stream>>>(out, n, counts);
-  members_kernel<<<grid, 256, 0, stream>>>(out, n);
-  flip_kernel<<<grid, 256, 0, stream>>>(out, n);
-  return read_count(counts + scan_blocks, stream);
+  voxel_compress_kernel<<<grid, 256, 0, stream>>>(out, n, starts);
+  number_starts(starts, flag_blocks, counts, NumberRootVoxel{out}, stream);
+  voxel_labels_kernel<<<grid, 256, 0, stream>>>(out, n);
+  return read_count(counts + flag_blocks, stream);
 }
 
 }  // namespace petfast

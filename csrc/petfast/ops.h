@@ -99,7 +99,6 @@ struct LabelScratchLayout {
   int64_t mixed, not_binary, counts, parent, first, occupancy, starts, total;
 };
 constexpr int64_t kLabelFlagsPerScanBlock = 1024 * 128;  // 1024 threads of 128 bits
-constexpr int64_t kLabelVoxelsPerScanBlock = 1024 * 4;  // the voxel path's: 1024 threads of 4 voxels
 inline LabelScratchLayout label_scratch_layout(const int64_t shape[3]) {
   auto up4 = [](int64_t x) { return (x + 3) / 4 * 4; };
   const int64_t n = shape[0] * shape[1] * shape[2];
@@ -109,8 +108,7 @@ inline LabelScratchLayout label_scratch_layout(const int64_t shape[3]) {
   l.mixed = 0;
   l.not_binary = 1;
   l.counts = 4;
-  const int64_t voxel_blocks = (n + kLabelVoxelsPerScanBlock - 1) / kLabelVoxelsPerScanBlock;
-  l.parent = l.counts + up4(std::max(flag_blocks, voxel_blocks) + 1);
+  l.parent = l.counts + up4(flag_blocks + 1);
   l.first = l.parent + up4(blocks);
   l.occupancy = l.first + up4(blocks);
   l.starts = l.occupancy + up4((blocks + 3) / 4);
