@@ -177,8 +177,12 @@ def _stats(labels, count, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats
     # a CUDA call copies its results back once, with one wait.
     rows = count + 1
     table = _arrays.empty(lab, (rows * 9,), np.float64).obj
-    box = table[rows * 6:]
-    box = box.view(_arrays._torch_dtypes()[np.dtype(np.int32)] if _arrays._is_torch(box) else np.int32)
+    if _arrays._is_torch(table):
+        import torch
+
+        box = table[rows * 6:].view(torch.int32)
+    else:
+        box = table[rows * 6:].view(np.int32)
     _C.component_stats(lab.spec(), img.spec() if img else None, count,
                        _arrays.adapt(table[:rows * 6].reshape(rows, 6, 1), "statistics").spec(),
                        _arrays.adapt(box.reshape(rows, 6, 1), "bounding boxes").spec(), lab.stream())
