@@ -50,9 +50,12 @@ __global__ void gather_kernel(const Tin* __restrict__ in, NdView src, Tout* __re
 }
 
 // One tile per launch (tiles overlap; launches on one stream do not), all channels of a row per
-// warp: plain read-modify-write, no atomics, the CPU twin's sums.
+// warp: plain read-modify-write, no atomics, the CPU twin's sums. As in the gather, each lane loads
+// kUnroll elements of a channel before it stores any (the accumulator and the weights are distinct
+// arrays, so the loads need not wait for the stores).
 __global__ void accumulate_kernel(const float* __restrict__ t, NdView tiles, int b, const float* __restrict__ g,
-                                  NdView gmap, TileOrigins o, float* a, NdView acc, float* wsum, NdView weight) {
+                                  NdView gmap, TileOrigins o, float* __restrict__ a, NdView acc,
+                                  float* __restrict__ wsum, NdView weight) {
   const int64_t y = int64_t(blockIdx.x) * kWarps + threadIdx.y;
   if (y >= tiles.shape[3]) return;
   const int64_t z = blockIdx.y, C = tiles.shape[1], w = tiles.shape[4];
@@ -61,11 +64,28 @@ __global__ void accumulate_kernel(const float* __restrict__ t, NdView tiles, int
   const float* t_row = t + b * tiles.strides[0] + z * tiles.strides[2] + y * tiles.strides[3];
   float* a_row = a + Z * acc.strides[1] + Y * acc.strides[2] + X0 * acc.strides[3];
   float* w_row = wsum + Z * weight.strides[0] + Y * weight.strides[1] + X0 * weight.strides[2];
-  for (int64_t x = threadIdx.x; x < w; x += 32) {
-    const float gv = g_row[x * gmap.strides[2]];
-    w_row[x * weight.strides[2]] += gv;
-    for (int64_t c = 0; c < C; ++c)
-      a_row[c * acc.strides[0] + x * acc.strides[3]] += t_row[c * tiles.strides[1] + x * tiles.strides[4]] * gv;
+  for (int64_t x0 = threadIdx.x; x0 < w; x0 += 32 * kUnroll) {
+    float gv[kUnroll], old[kUnroll], tv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t x = x0 + 32 * u;
+      gv[u] = x < w ? g_row[x * gmap.strides[2]] : 0.f;
+      old[u] = x < w ? w_row[x * weight.strides[2]] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (x0 + 32 * u < w) w_row[(x0 + 32 * u) * weight.strides[2]] = old[u] + gv[u];
+    for (int64_t c = 0; c < C; ++c) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t x = x0 + 32 * u;
+        tv[u] = x < w ? t_row[c * tiles.strides[1] + x * tiles.strides[4]] : 0.f;
+        old[u] = x < w ? a_row[c * acc.strides[0] + x * acc.strides[3]] : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        if (x0 + 32 * u < w) a_row[c * acc.strides[0] + (x0 + 32 * u) * acc.strides[3]] = old[u] + tv[u] * gv[u];
+    }
   }
 }
 
