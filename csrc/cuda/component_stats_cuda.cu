@@ -65,8 +65,13 @@ __global__ void stats_kernel(const int32_t* __restrict__ lab, Volume labels, con
   for (int k0 = threadIdx.x * kRun; k0 < n2; k0 += blockDim.x * kRun) {
     Run r;
     const int k1 = min(k0 + kRun, n2);
-    for (int k = k0; k < k1; ++k) {
-      const int l = lab_row[k * labels.strides[2]];
+    int run_labels[kRun];  // all loaded before any is used: kRun loads in flight, not one
+#pragma unroll
+    for (int u = 0; u < kRun; ++u) run_labels[u] = k0 + u < k1 ? lab_row[(k0 + u) * labels.strides[2]] : 0;
+#pragma unroll
+    for (int u = 0; u < kRun; ++u) {  // unrolled, so that run_labels stays in registers
+      const int k = k0 + u, l = run_labels[u];
+      if (k >= k1) break;
       if (l != r.label) {
         if (r.voxels) add_run(r, i, j, img != nullptr, acc, box);
         r = Run();
