@@ -70,9 +70,11 @@ NdView view(void* p, DType t, std::vector<int64_t> shape, int device) {
 }
 
 // Sparse, dense, 2x2x2-blocky (the block path) and multi-label masks, 0/1 and 0/7, 6/18/26-
-// connectivity, odd and even sizes, labels 8-byte aligned and not.
+// connectivity, odd and even sizes, labels 8-byte aligned and not; now and then a volume over
+// kLabelFlagsPerScanBlock voxels, whose start flags span two scan blocks.
 void check_label(int it) {
-  const int64_t shape[3] = {ri(1, 9), ri(1, 13), ri(1, 40)};
+  const bool large = it % 15 == 7;
+  const int64_t shape[3] = {large ? ri(36, 40) : ri(1, 9), large ? ri(62, 70) : ri(1, 13), large ? ri(62, 70) : ri(1, 40)};
   const int64_t n = shape[0] * shape[1] * shape[2];
   const int connectivity = it % 3 == 0 ? 6 : (it % 3 == 1 ? 18 : 26), kind = it % 4;
   std::vector<uint8_t> mask(n);
