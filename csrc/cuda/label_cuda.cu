@@ -8,7 +8,7 @@
 //   blocks, as BUF_3D (Allegretti et al. 2020). All voxels of a 2x2x2 block touch under
 //   26-connectivity, and two neighbouring blocks join when their facing voxels (a face, an edge or
 //   a corner) hold a voxel each, of equal value: one node per 8 voxels. The components are then
-//   numbered by a scan over one start flag per voxel (the first voxel of each component).
+//   numbered by a scan over one start bit per voxel (the first voxel of each component).
 // * otherwise (6, 18, or blocks holding two values): union-find over voxels, each joining the
 //   backward neighbours that its left neighbour does not already join; then every voxel points
 //   straight at its root (each component's first voxel, which sets a start flag), the start flags
@@ -139,7 +139,8 @@ __device__ __forceinline__ T voxel(const T* in, const Shape3& s, int i, int j, i
   return in[i * s.s0 + j * s.s1 + k * s.s2];
 }
 
-// Every pass gives each thread 4 consecutive voxels (or blocks) and loads all 4 before using any.
+// The voxel path's passes and the block path's merge, compress and mark give each thread 4
+// consecutive voxels or blocks and load all 4 before using any.
 // With one voxel per thread an H200 holds about 1 MB of loads in flight (2048 threads x 132 SMs x 4
 // bytes), a third of what its memory needs to stream: each pass over the int32 labels took ~0.2 ms
 // where a copy of them takes 0.1 ms.
