@@ -12,7 +12,7 @@
 // (what a warp waits for), atomics, the depth left for the finishing walks (sum; sum over warps of
 // the worst lane), and the number of components (roots), which must equal scipy's.
 //
-//   g++ -O2 -std=c++17 bench/gpu/union_find_model.cpp -o /tmp/union_find_model
+//   g++ -O2 -std=c++17 -Icsrc bench/gpu/union_find_model.cpp -o /tmp/union_find_model
 //   cd bench && python -c "from test_bench_components import *; r = np.random.default_rng(0)
 //     m = ccl_cases({'noise50': (r.random((326, 400, 400)) < .5).astype(np.uint8)})
 //     [m[k].tofile(f'/tmp/{k}.u8') for k in m]" && cd ..
@@ -26,23 +26,15 @@
 #include <string>
 #include <vector>
 
+#include "cuda/label_neighbours.h"  // the kernel's kNeighbours, facing() and kUnionOrder
+
+using petfast::facing;
+using petfast::kNeighbours;
+
 namespace {
 
-const int kNeighbours[13][3] = {{0, 0, -1},  {0, -1, 0},  {-1, 0, 0},  {0, -1, -1},  {0, -1, 1},   {-1, -1, 0}, {-1, 1, 0},
-                                {-1, 0, -1}, {-1, 0, 1},  {-1, -1, -1}, {-1, -1, 1}, {-1, 1, -1}, {-1, 1, 1}};
-const int kLeftFirst[13] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
-const int kPlaneFirst[13] = {2, 5, 6, 7, 8, 9, 10, 11, 12, 1, 3, 4, 0};  // label_cuda.cu's kUnionOrder
-
-unsigned facing(int e0, int e1, int e2) {
-  unsigned m = 0;
-  for (int q = 0; q < 8; ++q) {
-    const int d[3] = {q >> 2, (q >> 1) & 1, q & 1}, e[3] = {e0, e1, e2};
-    bool ok = true;
-    for (int a = 0; a < 3; ++a) ok = ok && (e[a] == 0 || d[a] == (e[a] < 0 ? 0 : 1));
-    if (ok) m |= 1u << q;
-  }
-  return m;
-}
+const int kLeftFirst[13] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};  // as the kernels were until 2026-11-29
+const int* const kPlaneFirst = petfast::kUnionOrder;
 
 std::vector<int> parent;
 
