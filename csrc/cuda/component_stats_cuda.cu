@@ -1,7 +1,11 @@
 // CUDA twin of cpu/component_stats_cpu.cpp. A line of threads per row (i, j) of the labels; each
 // thread sums a run of voxels along k while the label stays the same and adds the run to its
-// label's row with one set of atomics (a lesion's row costs a few, not one per voxel).
+// label's row with one set of atomics (a lesion's row costs a few, not one per voxel). Where every
+// run a warp ends with has one label (inside an organ or a large lesion), the warp sums them first
+// and adds them with one set: a dense label map would otherwise queue 32x as many atomics on the
+// few rows of its large components.
 #include <algorithm>
+#include <climits>
 #include <cmath>
 
 #include "cuda/common.cuh"
@@ -53,6 +57,34 @@ __device__ void add_run(const Run& r, int i, int j, bool with_image, double* acc
   atomicMax(b + 5, r.k_max);
 }
 
+// The warp's last runs: summed across the warp into one set of atomics when they share one label,
+// else each added as it is. Every lane of the warp calls it.
+__device__ void add_warp_runs(const Run& r, int i, int j, bool with_image, double* acc, int32_t* box) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const unsigned lanes = __ballot_sync(kAll, r.voxels > 0);
+  if (lanes == 0) return;
+  const int leader = __ffs(lanes) - 1, label = __shfl_sync(kAll, r.label, leader);
+  if (__ballot_sync(kAll, r.voxels > 0 && r.label != label)) {
+    if (r.voxels) add_run(r, i, j, with_image, acc, box);
+    return;
+  }
+  Run total = r;
+  if (!r.voxels) total.k_min = INT_MAX, total.k_max = -1;  // max stays -inf, sums 0
+  for (int d = 16; d; d >>= 1) {
+    total.voxels += __shfl_xor_sync(kAll, total.voxels, d);
+    total.nans += __shfl_xor_sync(kAll, total.nans, d);
+    total.k_min = min(total.k_min, __shfl_xor_sync(kAll, total.k_min, d));
+    total.k_max = max(total.k_max, __shfl_xor_sync(kAll, total.k_max, d));
+    total.sum_k += __shfl_xor_sync(kAll, total.sum_k, d);
+    total.sum += __shfl_xor_sync(kAll, total.sum, d);
+    total.max = fmax(total.max, __shfl_xor_sync(kAll, total.max, d));
+  }
+  if ((threadIdx.x & 31) == leader) {
+    total.label = label;
+    add_run(total, i, j, with_image, acc, box);
+  }
+}
+
 template <typename T>
 __global__ void stats_kernel(const int32_t* __restrict__ lab, Volume labels, const T* __restrict__ img, Volume image,
                              int count, double* acc, int32_t* box) {
@@ -62,9 +94,10 @@ __global__ void stats_kernel(const int32_t* __restrict__ lab, Volume labels, con
   const int row = int(row64), i = row / n1, j = row - i * n1;
   const int32_t* lab_row = lab + i * labels.strides[0] + j * labels.strides[1];
   const T* img_row = img ? img + i * image.strides[0] + j * image.strides[1] : nullptr;
-  for (int k0 = threadIdx.x * kRun; k0 < n2; k0 += blockDim.x * kRun) {
+  // The same number of rounds for every lane (a warp lies within one row), for add_warp_runs.
+  for (int base = 0; base < n2; base += blockDim.x * kRun) {
+    const int k0 = base + threadIdx.x * kRun, k1 = min(k0 + kRun, n2);  // k1 <= k0: a lane past the row
     Run r;
-    const int k1 = min(k0 + kRun, n2);
     int run_labels[kRun];  // all loaded before any is used: kRun loads in flight, not one
 #pragma unroll
     for (int u = 0; u < kRun; ++u) run_labels[u] = k0 + u < k1 ? lab_row[(k0 + u) * labels.strides[2]] : 0;
@@ -92,7 +125,7 @@ __global__ void stats_kernel(const int32_t* __restrict__ lab, Volume labels, con
         r.max = fmax(r.max, v);
       }
     }
-    if (r.voxels) add_run(r, i, j, img != nullptr, acc, box);
+    add_warp_runs(r, i, j, img != nullptr, acc, box);
   }
 }
 

@@ -61,6 +61,7 @@ inline Fiber* current = nullptr;
 inline std::function<void()> body;
 inline std::mt19937_64 rng(7);
 inline long long shfl_buf[32][32];  // per warp of a block (at most 1024 threads), per lane
+inline int vote_buf[32][32];        // the same for votes: 0 (not posted), 2 (false) or 3 (true)
 
 inline void yield(State s) {
   current->state = s;
@@ -176,6 +177,25 @@ T shuffle(T v, int from) {
   return r;
 }
 }  // namespace emu
+namespace emu {
+// The warp's vote: bit l set where lane l voted true. Lanes that have exited post nothing; each lane
+// clears its post once every lane has read it.
+inline unsigned ballot(bool pred) {
+  const int lane = current->lane, warp = current->warp;
+  vote_buf[warp][lane] = pred ? 3 : 2;
+  yield(kWarpBarrier);
+  unsigned m = 0;
+  for (int l = 0; l < 32; ++l) m |= unsigned(vote_buf[warp][l] & 1) << l;
+  yield(kWarpBarrier);
+  vote_buf[warp][lane] = 0;
+  return m;
+}
+}  // namespace emu
+inline unsigned __ballot_sync(unsigned, bool pred) { return emu::ballot(pred); }
+template <typename T>
+T __shfl_sync(unsigned, T v, int from) { return emu::shuffle(v, from); }
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int x) { return emu::shuffle(v, emu::current->lane ^ x); }
 template <typename T>
 T __shfl_up_sync(unsigned, T v, int d) { return emu::shuffle(v, emu::current->lane - d); }
 template <typename T>
