@@ -3,7 +3,7 @@
 // emu::launch(kernel, grid, block, shmem, stream, args)), and "device" pointers are host memory.
 // A launch runs its blocks one after another and each block's threads as fibers (ucontext): the
 // scheduler resumes a random runnable thread, __syncthreads waits for the whole block, a warp
-// shuffle for the warp's live lanes, and every atomic first yields, so that unions and finds of
+// shuffle or vote for the warp's live lanes, and every atomic first yields, so that unions and finds of
 // different threads interleave as on a GPU. Not modelled: a GPU's weak memory ordering (loads here
 // are never stale), warp divergence rules beyond the shuffle barrier, launch limits, and speed.
 #pragma once
