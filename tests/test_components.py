@@ -139,6 +139,14 @@ def test_torch_cpu(rng):
     labels, count = petfast.label(torch.from_numpy(mask) > 0, 18)
     assert isinstance(labels, torch.Tensor) and labels.dtype == torch.int32
     np.testing.assert_array_equal(labels.numpy(), reference(mask, 18))
+    # Statistics of torch tensors (their two tables share one buffer, viewed as float64 and int32)
+    # equal those of the same numpy arrays.
+    pet = rng.random(mask.shape, dtype=np.float32)
+    expected = petfast.component_stats(labels.numpy(), pet, (2.0, 2.0, 3.0), count=count)
+    got = petfast.component_stats(labels, torch.from_numpy(pet), (2.0, 2.0, 3.0), count=count)
+    assert got.keys() == expected.keys() and got["bbox"].dtype == np.int32
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
 @pytest.mark.parametrize("bad,error,match", [
