@@ -93,10 +93,12 @@ def test_gpu_gather_and_accumulate(benchmark, record, setup):
     record(benchmark.group, "petfast")
 
 
-def _gpu_seconds_per_call(fn, calls=10):
-    """GPU seconds per call of fn: `calls` calls back to back (the host's Python overhead overlaps the
-    GPU work, as in a sliding window), best of 5."""
-    return min(cuda_times(lambda: [fn() for _ in range(calls)], runs=5)) / calls
+_CALLS = 10  # back to back per timing: the host's Python overhead overlaps the GPU work, as in a sliding window
+
+
+def _gpu_seconds_per_call(fn):
+    """GPU seconds per call of fn over _CALLS calls back to back, best of 5."""
+    return min(cuda_times(lambda: [fn() for _ in range(_CALLS)], runs=5)) / _CALLS
 
 
 @cuda
@@ -123,8 +125,8 @@ def test_gpu_tiles_bandwidth(benchmark, setup, kernel):
     dst = torch.empty_like(src)
     copy_gbs = 2 * tile_bytes / _gpu_seconds_per_call(lambda: dst.copy_(src)) / 1e9
     benchmark.group = "tiles-gpu-bandwidth"
-    benchmark(synced(lambda: [call() for _ in range(10)]))
-    gbs = moved / (benchmark.stats.stats.median / 10) / 1e9
+    benchmark(synced(lambda: [call() for _ in range(_CALLS)]))
+    gbs = moved / (benchmark.stats.stats.median / _CALLS) / 1e9
     benchmark.extra_info.update({"GB/s": gbs, "copy GB/s": copy_gbs, "of copy bandwidth": gbs / copy_gbs})
 
 

@@ -1,7 +1,8 @@
 """petfast's CUDA kernels (labeller, sliding-window tiles, component statistics, fused instance norm,
-B-spline prefilter and axis convolution, resampling), compiled for the host against an emulated CUDA runtime (cuda_emulation/cuda_runtime.h: one fiber per CUDA
-thread, barriers, warp shuffles and votes honoured, a thread picked at random at every atomic) and compared
-with their CPU twins on random cases (cuda_emulation/check_kernels.cpp). This checks the kernels'
+B-spline prefilter and axis convolution, resampling), compiled for the host against an emulated CUDA
+runtime (cuda_emulation/cuda_runtime.h: one fiber per CUDA thread, barriers, warp shuffles and votes
+honoured, a thread picked at random at every atomic) and compared with their CPU twins on random
+cases (cuda_emulation/check_kernels.cpp). This checks the kernels'
 index arithmetic, barriers and union-find races on every machine, with a GPU or without; their speed
 and a real GPU's memory model need the CUDA tests (``-m cuda``) on hardware. The last test runs the
 model behind the labeller's order of unions (bench/gpu/union_find_model.cpp)."""

@@ -104,6 +104,18 @@ __device__ __forceinline__ void shortcut(int* parent, int v, int self) {
   if (self != v && parent[v] > self + 1) atomicMin(parent + v, self + 1);
 }
 
+// Root of v, with every entry on v's path pointed at it, so that later walks through them take one
+// step. Only once all unions are done: threads sharing a path then write the same root into it.
+__device__ __forceinline__ int find_and_compress(int* parent, int v) {
+  const int root = find_root(parent, v);
+  for (int w = v; w != root;) {
+    const int next = parent[w] - 1;
+    parent[w] = root + 1;
+    w = next;
+  }
+  return root;
+}
+
 // ---- voxel path --------------------------------------------------------------------------------
 
 template <typename T>
@@ -183,9 +195,8 @@ __global__ void merge_kernel(const T* __restrict__ in, Shape3 s, int* out, int c
   }
 }
 
-// Every voxel to its root (path compression, safe now that the unions are done: threads sharing a
-// path write the same root into it), and a start flag for each root, which is its component's first
-// voxel (a union keeps the smaller index as root).
+// Every voxel to its root, and a start flag for each root, which is its component's first voxel (a
+// union keeps the smaller index as root).
 __global__ void voxel_compress_kernel(int* out, int64_t n, unsigned* starts) {
   for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
     int entry[kPerThread];
@@ -197,12 +208,7 @@ __global__ void voxel_compress_kernel(int* out, int64_t n, unsigned* starts) {
         atomicOr(starts + (v >> 5), 1u << (v & 31));
         continue;
       }
-      const int root = find_root(out, v);
-      for (int w = v; w != root;) {
-        const int next = out[w] - 1;
-        out[w] = root + 1;
-        w = next;
-      }
+      find_and_compress(out, v);
     }
   }
 }
@@ -367,14 +373,7 @@ __global__ void block_compress_kernel(Blocks g, int* parent, const uint8_t* __re
     for (int q = 0; q < kPerThread; ++q) {
       const unsigned bits = (four >> (8 * q)) & 0xffu;
       if (bits == 0) continue;
-      const int b = int(b0 + q), r = find_root(parent, b);
-      // Path compression, safe now that the unions are done: every entry on b's path gets the final
-      // root (threads sharing a path write the same value), so later walks through it take one step.
-      for (int v = b; v != r;) {
-        const int next = parent[v] - 1;
-        parent[v] = r + 1;
-        v = next;
-      }
+      const int b = int(b0 + q), r = find_and_compress(parent, b);
       int bi, bj, bk;
       coords(g.b1, g.b2, b, bi, bj, bk);
       atomicMin(first + r, voxel_of(g, bi, bj, bk, __ffs(bits) - 1));
@@ -500,6 +499,7 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
   int* counts = base + layout.counts;
   auto* starts = reinterpret_cast<unsigned*>(base + layout.starts);
   const int64_t flag_blocks = (layout.total - layout.starts) * 32 / kLabelFlagsPerScanBlock;
+  cuda_check(cudaMemsetAsync(starts, 0, flag_blocks * kLabelFlagsPerScanBlock / 8, stream), "label memset");
 
   if (connectivity == 26) {
     const Blocks g{s, (s.n0 + 1) / 2, (s.n1 + 1) / 2, (s.n2 + 1) / 2};
@@ -515,7 +515,6 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
     });
     if (read_count(mixed, stream) == 0) {  // every block holds one value
       const unsigned fours = blocks_for((nb + kPerThread - 1) / kPerThread);
-      cuda_check(cudaMemsetAsync(starts, 0, flag_blocks * kLabelFlagsPerScanBlock / 8, stream), "label memset");
       dispatch_dtype(src.dtype, [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         block_merge_kernel<T><<<fours, 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, occupancy,
@@ -531,7 +530,6 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
   }
 
   const unsigned grid = blocks_for((n + kPerThread - 1) / kPerThread);
-  cuda_check(cudaMemsetAsync(starts, 0, flag_blocks * kLabelFlagsPerScanBlock / 8, stream), "label memset");
   dispatch_dtype(src.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(src.data);
