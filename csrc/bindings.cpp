@@ -18,7 +18,8 @@ namespace petfast {
 void resample(const Volume& src, const Volume& dst, const ResampleArgs& a, uintptr_t stream);
 void bspline_prefilter(const Volume& src, const Volume& coef, uintptr_t stream);
 void convolve_axis(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps, uintptr_t stream);
-int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream);
+int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, const Volume* image,
+              const Volume* acc, const Volume* box, uintptr_t stream);
 void component_stats(const Volume& labels, const Volume* image, int64_t count, const Volume& acc, const Volume& box,
                      uintptr_t stream);
 void drop_components(const Volume& labels, const Volume& keep, const Volume& out);
@@ -138,13 +139,21 @@ PYBIND11_MODULE(_C, m) {
       py::arg("src"), py::arg("coef"), py::arg("stream"));
   m.def(
       "label",
-      [](py::tuple src, py::tuple dst, int connectivity, py::object scratch, uintptr_t stream) {
-        Volume s = to_volume(src), d = to_volume(dst), c;
+      [](py::tuple src, py::tuple dst, int connectivity, py::object scratch, uintptr_t stream, py::object image,
+         py::object acc, py::object box) {
+        Volume s = to_volume(src), d = to_volume(dst), c, i, a, b;
+        const bool has_image = !image.is_none(), has_tables = !acc.is_none() && !box.is_none();
         if (!scratch.is_none()) c = to_volume(scratch.cast<py::tuple>());
+        if (has_image) i = to_volume(image.cast<py::tuple>());
+        if (has_tables) a = to_volume(acc.cast<py::tuple>()), b = to_volume(box.cast<py::tuple>());
         py::gil_scoped_release release;
-        return label(s, d, connectivity, c, stream);
+        return label(s, d, connectivity, c, has_image ? &i : nullptr, has_tables ? &a : nullptr,
+                     has_tables ? &b : nullptr, stream);
       },
-      py::arg("src"), py::arg("dst"), py::arg("connectivity"), py::arg("scratch"), py::arg("stream"));
+      py::arg("src"), py::arg("dst"), py::arg("connectivity"), py::arg("scratch"), py::arg("stream"),
+      py::arg("image") = py::none(), py::arg("acc") = py::none(), py::arg("box") = py::none(),
+      "Labels src into dst; with acc and box (capacity + 1 rows), also the component statistics when the "
+      "count fits them");
   m.def(
       "label_scratch_size",
       [](int64_t n0, int64_t n1, int64_t n2) {

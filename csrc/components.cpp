@@ -9,7 +9,26 @@
 
 namespace petfast {
 
-int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream) {
+namespace {
+
+void check_stats_tables(const Volume& labels, const Volume* image, int64_t rows, const Volume& acc, const Volume& box,
+                        const char* op) {
+  require(acc.dtype == DType::Float64 && acc.c_contiguous() && acc.shape[0] == rows && acc.shape[1] == kStatsColumns,
+          "internal: statistics rows");
+  require(box.dtype == DType::Int32 && box.c_contiguous() && box.shape[0] == rows && box.shape[1] == 6,
+          "internal: bounding-box rows");
+  if (image) {
+    for (int a = 0; a < 3; ++a)
+      require(image->shape[a] == labels.shape[a], std::string(op) + ": image and labels differ in shape");
+    require(image->device == labels.device, std::string(op) + ": image and labels live on different devices");
+  }
+  require(acc.device == labels.device && box.device == labels.device, "internal: statistics on another device");
+}
+
+}  // namespace
+
+int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, const Volume* image,
+              const Volume* acc, const Volume* box, uintptr_t stream) {
   for (int a = 0; a < 3; ++a) {
     require(src.shape[a] > 0, "label: every axis must have at least one voxel");
     require(dst.shape[a] == src.shape[a], "label: labels must have the mask's shape");
@@ -25,30 +44,30 @@ int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volu
   require(dst.strides[order[2]] == 1 && dst.strides[order[1]] == dst.shape[order[2]] &&
               dst.strides[order[0]] == dst.shape[order[1]] * dst.shape[order[2]],
           "internal: labels must be contiguous in the mask's memory order");
+  LabelStats stats;
+  if (acc) {
+    require(acc->shape[0] >= 1, "internal: statistics rows");
+    check_stats_tables(src, image, acc->shape[0], *acc, *box, "label");
+    stats = LabelStats{image, static_cast<double*>(acc->data), static_cast<int32_t*>(box->data), acc->shape[0] - 1};
+  } else {
+    require(image == nullptr, "internal: an image without statistics tables");
+  }
   if (src.on_cuda()) {
 #ifdef PETFAST_WITH_CUDA
     require(scratch.device == src.device, "internal: label scratch on another device");
-    return label_cuda(src, dst, connectivity, scratch, stream);
+    return label_cuda(src, dst, connectivity, scratch, acc ? &stats : nullptr, stream);
 #else
     no_cuda();
 #endif
   }
-  return label_cpu(src, dst, connectivity, order);
+  return label_cpu(src, dst, connectivity, order, acc ? &stats : nullptr);
 }
 
 void component_stats(const Volume& labels, const Volume* image, int64_t count, const Volume& acc, const Volume& box,
                      uintptr_t stream) {
   require(labels.dtype == DType::Int32, "component_stats: labels must be int32 (as petfast.label returns)");
   require(count >= 0 && count < INT32_MAX, "component_stats: bad label count");
-  require(acc.dtype == DType::Float64 && acc.c_contiguous() && acc.shape[0] == count + 1 && acc.shape[1] == kStatsColumns,
-          "internal: statistics rows");
-  require(box.dtype == DType::Int32 && box.c_contiguous() && box.shape[0] == count + 1 && box.shape[1] == 6,
-          "internal: bounding-box rows");
-  if (image) {
-    for (int a = 0; a < 3; ++a) require(image->shape[a] == labels.shape[a], "component_stats: image and labels differ in shape");
-    require(image->device == labels.device, "component_stats: image and labels live on different devices");
-  }
-  require(acc.device == labels.device && box.device == labels.device, "internal: statistics on another device");
+  check_stats_tables(labels, image, count + 1, acc, box, "component_stats");
   if (labels.on_cuda()) {
 #ifdef PETFAST_WITH_CUDA
     component_stats_cuda(labels, image, count, static_cast<double*>(acc.data), static_cast<int32_t*>(box.data), stream);

@@ -39,11 +39,18 @@ def compile_objects(folder: Path, sources: dict) -> dict:
     return {name: obj for name, (obj, _) in jobs.items()}
 
 
+def as_host(text: str) -> str:
+    return LAUNCH.sub(lambda m: f"emu::launch({m.group(1)}, {m.group(2)}, ", text)
+
+
 def host_source(folder: Path, kernel: str, edit=lambda text: text) -> Path:
-    """csrc/cuda/<kernel>_cuda.cu as host C++: its launches become emu::launch calls."""
-    text = edit((ROOT / "csrc" / "cuda" / f"{kernel}_cuda.cu").read_text())
+    """csrc/cuda/<kernel>_cuda.cu as host C++: its launches become emu::launch calls, and so do those
+    of the CUDA headers, copied next to it (a quoted include looks there before -I)."""
+    (folder / "cuda").mkdir(exist_ok=True)
+    for header in (ROOT / "csrc" / "cuda").glob("*.cuh"):
+        (folder / "cuda" / header.name).write_text(as_host(header.read_text()))
     host = folder / f"{kernel}_cuda.cpp"
-    host.write_text(LAUNCH.sub(lambda m: f"emu::launch({m.group(1)}, {m.group(2)}, ", text))
+    host.write_text(as_host(edit((ROOT / "csrc" / "cuda" / f"{kernel}_cuda.cu").read_text())))
     return host
 
 

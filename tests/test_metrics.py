@@ -409,3 +409,60 @@ def test_cuda_stats_on_many_components(image_dtype, rng):
         np.testing.assert_allclose(gpu[key], cpu[key], rtol=1e-9, err_msg=key)
     empty = petfast.component_stats(torch.zeros((5, 6, 7), dtype=torch.int32, device="cuda"))
     assert all(len(v) == 0 for v in empty.values())
+
+
+def _label_with_stats_cases(device, rng, monkeypatch):
+    """label_with_stats gives label()'s labels and component_stats' statistics of them (computed by
+    the CPU twins from numpy), with statistics gathered while labelling and, for a mask with more
+    components than the labeller's tables hold, in component_stats' own pass; binary and multi-label
+    masks, every connectivity, C and Fortran order, float32, int16 and no image."""
+    from petfast import components
+
+    torch = pytest.importorskip("torch") if device != "numpy" else None
+    as_kind = (lambda x: x) if torch is None else (lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(device))
+    shape = (23, 30, 34) if device != "cuda" else (48, 90, 100)  # on a GPU: many CUDA blocks' atomics
+    smooth = ndi.gaussian_filter(rng.random(shape), 1.5)
+    binary = (smooth > np.percentile(smooth, 75)).astype(np.uint8)
+    organs = np.digitize(smooth, np.percentile(smooth, [55, 70, 85])).astype(np.int16)  # 0..3, 2x2x2 mixed
+    image = (rng.normal(3, 1, shape) * 10).astype(np.float32)
+    spacing = (2.0, 2.5, 3.0)
+    seen_counts, full = [], components._LABEL_STATS_ROWS
+    for rows in (full, 3):  # 3: the labeller's tables too small, the second pass
+        monkeypatch.setattr(components, "_LABEL_STATS_ROWS", rows)
+        for mask, connectivity, img in [(binary, 26, image), (binary, 18, image.astype(np.int16)), (binary, 6, None),
+                                        (organs, 26, image), (organs, 18, None)]:
+            layouts = [np.ascontiguousarray, np.asfortranarray] if torch is None else [np.ascontiguousarray]
+            for layout in layouts:
+                ref_labels, n = petfast.label(layout(mask), connectivity)
+                ref = petfast.component_stats(ref_labels, img, spacing)
+                labels, count, st = petfast.label_with_stats(as_kind(layout(mask)), None if img is None else as_kind(layout(img)),
+                                                             spacing, connectivity)
+                got = labels if torch is None else labels.cpu().numpy()
+                assert count == n and type(labels) is type(as_kind(mask))
+                np.testing.assert_array_equal(got, ref_labels)
+                assert set(st) == set(ref)
+                for key in ref:
+                    np.testing.assert_allclose(st[key], ref[key], rtol=1e-12, err_msg=f"{key} rows={rows}")
+                seen_counts.append(n)
+    assert min(seen_counts) > 3 and max(seen_counts) < full  # both paths taken
+    nan_outside = image.copy()
+    nan_outside[binary == 0] = np.nan
+    st = petfast.label_with_stats(as_kind(binary), as_kind(nan_outside))[2]
+    assert np.isfinite(st["max"]).all()
+    nan_outside[np.nonzero(binary)[0][0], np.nonzero(binary)[1][0], np.nonzero(binary)[2][0]] = np.nan
+    with pytest.raises(ValueError, match="NaN values inside the components"):
+        petfast.label_with_stats(as_kind(binary), as_kind(nan_outside))
+    with pytest.raises(ValueError, match="image shape .* differs from mask shape"):
+        petfast.label_with_stats(as_kind(binary), as_kind(image[1:]))
+    with pytest.raises(ValueError, match="spacing must be 3 positive"):
+        petfast.label_with_stats(as_kind(binary), None, (1.0, 0.0, 1.0))
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_label_with_stats_equals_label_then_component_stats(device, rng, monkeypatch):
+    _label_with_stats_cases(device, rng, monkeypatch)
+
+
+@pytest.mark.cuda
+def test_cuda_label_with_stats_equals_cpu(rng, monkeypatch):
+    _label_with_stats_cases("cuda", rng, monkeypatch)

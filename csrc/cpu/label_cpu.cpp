@@ -18,6 +18,7 @@
 #include <numeric>
 #include <vector>
 
+#include "cpu/stats_rows.h"
 #include "petfast/ops.h"
 #include "petfast/parallel.h"
 
@@ -217,7 +218,7 @@ inline uint32_t three_bits(const uint8_t* row, int64_t c) {
 // NN (3, 9 or 13 backward neighbours) is a compile-time constant so that the neighbour loop unrolls
 // with its offsets in registers.
 template <typename T, int NN>
-int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, const int* order) {
+int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, const int* order, const LabelStats* stats) {
   // View both volumes in walk order (a: outer, b: middle, c: inner).
   const int64_t na = src.shape[order[0]], nb = src.shape[order[1]], nc = src.shape[order[2]];
   const int64_t sa = src.strides[order[0]], sb = src.strides[order[1]], sc = src.strides[order[2]];
@@ -414,6 +415,12 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
   }
   // Both passes below visit only rows with foreground: background rows of the output are never
   // touched, as in step 1 (writing them would fault in every page of a sparse mask's labels).
+  // The statistics, when asked for and the tables hold every component, are gathered from each row
+  // just written, while it is in L1: component_stats would read every row of the labels again.
+  const bool with_stats = stats && count <= stats->capacity;
+  Volume image;
+  if (with_stats && stats->image) image = permuted(*stats->image, order);
+  std::vector<StatsTables> parts(with_stats ? threads : 0, StatsTables(with_stats ? count : 0));
   auto relabel = [&] {
     parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
@@ -422,9 +429,16 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
           if (!row_has_fg[r]) continue;
           int32_t* orow = out + r * nc;
           for (int64_t c = 0; c < nc; ++c) orow[c] = f[orow[c]];
+          if (with_stats)
+            add_stats_row(orow, 1, nc, r / nb, r % nb, stats->image ? &image : nullptr, count, parts[t].acc.data(),
+                          parts[t].box.data());
         }
       }
     });
+    if (with_stats) {
+      merge_stats(parts, count, stats->acc, stats->box);
+      stats_to_logical_axes(order, count, stats->acc, stats->box);
+    }
   };
   if (order[0] == 0 && order[1] == 1 && order[2] == 2) {
     relabel();
@@ -475,13 +489,13 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
 
 }  // namespace
 
-int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const int* order) {
+int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const int* order, const LabelStats* stats) {
   int64_t count = 0;
   dispatch_dtype(src.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    count = connectivity == 6    ? label_typed<T, 3>(src, dst, connectivity, order)
-            : connectivity == 18 ? label_typed<T, 9>(src, dst, connectivity, order)
-                                 : label_typed<T, 13>(src, dst, connectivity, order);
+    count = connectivity == 6    ? label_typed<T, 3>(src, dst, connectivity, order, stats)
+            : connectivity == 18 ? label_typed<T, 9>(src, dst, connectivity, order, stats)
+                                 : label_typed<T, 13>(src, dst, connectivity, order, stats);
   });
   return count;
 }

@@ -16,7 +16,7 @@
 // Union-find entries hold parent index + 1 (0 = background).
 #include <climits>
 
-#include "cuda/common.cuh"
+#include "cuda/component_runs.cuh"
 #include "cuda/label_neighbours.h"
 #include "petfast/ops.h"
 
@@ -115,6 +115,41 @@ __device__ __forceinline__ int find_and_compress(int* parent, int v) {
   }
   return root;
 }
+
+// ---- statistics gathered while the labels are written ---------------------------------------------
+
+// The final pass of either path hands each thread's voxels, with their labels, to a sink: NoStats,
+// or StatsSink, which adds them to component_stats' tables (rows 1..capacity) as runs
+// (cuda/component_runs.cuh). Saves component_stats' pass over the labels: the statistics of a
+// sparse mask read only its foreground and the image there.
+struct NoStats {
+  static constexpr bool kOn = false;
+};
+
+template <typename T>  // the image's element type (float, unread, without an image)
+struct StatsSink {
+  static constexpr bool kOn = true;
+  const T* image;
+  int64_t s0, s1, s2;  // the image's element strides
+  double* acc;
+  int32_t* box;
+  int capacity;
+
+  // Voxel (i, j, k) of `label` joins the thread's run r; r goes to the tables first if it holds
+  // another label.
+  __device__ void add(Run& r, int label, int i, int j, int k) const {
+    if (label <= 0 || label > capacity) return;
+    if (label != r.label) {
+      if (r.voxels) add_run(r, image != nullptr, acc, box);
+      r = Run();
+      r.label = label;
+    }
+    r.add(i, j, k);
+    if (image) r.add_value(double(image[i * s0 + j * s1 + k * s2]));
+  }
+  // Every lane of the warp calls it, once per round.
+  __device__ void finish(const Run& r) const { add_warp_runs(r, image != nullptr, acc, box); }
+};
 
 // ---- voxel path --------------------------------------------------------------------------------
 
@@ -216,15 +251,34 @@ __global__ void voxel_compress_kernel(int* out, int64_t n, unsigned* starts) {
 // Every voxel takes its root's number: a root holds it negated (number_starts_kernel), every other
 // voxel points straight at its root. Each thread writes only its own voxels and reads only roots,
 // which their own threads make positive meanwhile: hence the magnitude. One pass, where walking to
-// the roots and then flipping the signs took two.
-__global__ void voxel_labels_kernel(int* out, int64_t n) {
-  for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
-    int entry[kPerThread];
+// the roots and then flipping the signs took two. The rounds start from the warp's first voxel, so
+// that the lanes of a warp run them together (the sink's warp sums).
+template <typename Sink>
+__global__ void voxel_labels_kernel(int* out, Shape3 s, Sink sink) {
+  const int64_t n = int64_t(s.n0) * s.n1 * s.n2;
+  const int lane = threadIdx.x & 31;
+  for (int64_t w0 = first_of_four() - kPerThread * lane; w0 < n; w0 += stride_of_four()) {
+    const int64_t v0 = w0 + kPerThread * lane;
+    int entry[kPerThread], label[kPerThread];
     load_voxels(out, v0, n, entry);
 #pragma unroll
     for (int r = 0; r < kPerThread; ++r) {
-      if (entry[r] < 0) out[v0 + r] = -entry[r];
-      if (entry[r] > 0) out[v0 + r] = abs(out[entry[r] - 1]);
+      label[r] = entry[r] < 0 ? -entry[r] : (entry[r] > 0 ? abs(out[entry[r] - 1]) : 0);
+      if (entry[r] != 0) out[v0 + r] = label[r];
+    }
+    if constexpr (Sink::kOn) {
+      Run run;
+      int i, j, k;
+      coords(s.n1, s.n2, v0, i, j, k);
+#pragma unroll
+      for (int r = 0; r < kPerThread; ++r) {
+        sink.add(run, label[r], i, j, k);
+        if (++k == s.n2) {
+          k = 0;
+          if (++j == s.n1) j = 0, ++i;
+        }
+      }
+      sink.finish(run);
     }
   }
 }
@@ -449,14 +503,23 @@ void number_starts(const unsigned* starts, int64_t flag_blocks, int* counts, Ass
 // One CUDA block per row (bi, bj) of 2x2x2 blocks, a thread per block: it loads the block's label
 // once and writes the block's voxels in the 4 voxel rows the block row covers, two neighbours along
 // k as one 8-byte store where the rows allow it (coalesced, no per-voxel division). A CUDA block per
-// voxel row loaded each label 8 times, in 4x as many short CUDA blocks.
+// voxel row loaded each label 8 times, in 4x as many short CUDA blocks. The rounds start from the
+// warp's first block, so that the lanes of a warp run them together (the sink's warp sums).
+template <typename Sink>
 __global__ void block_labels_kernel(Blocks g, const int* __restrict__ parent, const uint8_t* __restrict__ occupancy,
-                                    const int* __restrict__ label_of_root, int* out, bool pairs) {
+                                    const int* __restrict__ label_of_root, int* out, bool pairs, Sink sink) {
   const int brow = blockIdx.x, bi = brow / g.b1, bj = brow - bi * g.b1;
-  for (int bk = threadIdx.x; bk < g.b2; bk += blockDim.x) {
-    const int b = brow * g.b2 + bk;
-    const unsigned bits = occupancy[b];
+  for (int base = threadIdx.x & ~31; base < g.b2; base += blockDim.x) {
+    const int bk = base + (threadIdx.x & 31), b = brow * g.b2 + bk;
+    const unsigned bits = bk < g.b2 ? occupancy[b] : 0u;
     const int label = bits ? label_of_root[parent[b] - 1] : 0;
+    if constexpr (Sink::kOn) {
+      Run run;
+      for (int q = 0; q < 8; ++q)
+        if ((bits >> q) & 1u) sink.add(run, label, 2 * bi + (q >> 2), 2 * bj + ((q >> 1) & 1), 2 * bk + (q & 1));
+      sink.finish(run);
+    }
+    if (bk >= g.b2) continue;
     for (int di = 0; di < 2 && 2 * bi + di < g.s.n0; ++di) {
       for (int dj = 0; dj < 2 && 2 * bj + dj < g.s.n1; ++dj) {
         int* voxels = out + (int64_t(2 * bi + di) * g.s.n1 + 2 * bj + dj) * g.s.n2 + 2 * bk;
@@ -483,9 +546,24 @@ int64_t read_count(const int* device_count, cudaStream_t stream) {
   return total;
 }
 
+// Calls launch(sink) with the sink the statistics ask for (NoStats without), the tables initialised.
+template <typename Launch>
+void with_sink(const LabelStats* stats, cudaStream_t stream, Launch launch) {
+  if (!stats) return launch(NoStats{});
+  init_stats(stats->capacity + 1, stats->acc, stats->box, stream);
+  const Volume* image = stats->image;
+  if (!image) return launch(StatsSink<float>{nullptr, 0, 0, 0, stats->acc, stats->box, int(stats->capacity)});
+  dispatch_dtype(image->dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    launch(StatsSink<T>{static_cast<const T*>(image->data), image->strides[0], image->strides[1], image->strides[2],
+                        stats->acc, stats->box, int(stats->capacity)});
+  });
+}
+
 }  // namespace
 
-int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream_handle) {
+int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, const LabelStats* stats,
+                   uintptr_t stream_handle) {
   DeviceGuard guard(src.device);
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   require(src.size() < INT32_MAX, "internal: label_cuda indexes voxels with int32");
@@ -524,7 +602,10 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
       mark_starts_kernel<<<fours, 256, 0, stream>>>(nb, parent, first, occupancy, starts);
       number_starts(starts, flag_blocks, counts, NumberRootBlock{g, parent, first}, stream);
       const bool pairs = s.n2 % 2 == 0 && reinterpret_cast<uintptr_t>(out) % alignof(int2) == 0;
-      block_labels_kernel<<<unsigned(g.b0) * unsigned(g.b1), 128, 0, stream>>>(g, parent, occupancy, first, out, pairs);
+      with_sink(stats, stream, [&](auto sink) {
+        block_labels_kernel<decltype(sink)><<<unsigned(g.b0) * unsigned(g.b1), 128, 0, stream>>>(
+            g, parent, occupancy, first, out, pairs, sink);
+      });
       return read_count(counts + flag_blocks, stream);
     }
   }
@@ -538,7 +619,7 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
   });
   voxel_compress_kernel<<<grid, 256, 0, stream>>>(out, n, starts);
   number_starts(starts, flag_blocks, counts, NumberRootVoxel{out}, stream);
-  voxel_labels_kernel<<<grid, 256, 0, stream>>>(out, n);
+  with_sink(stats, stream, [&](auto sink) { voxel_labels_kernel<decltype(sink)><<<grid, 256, 0, stream>>>(out, s, sink); });
   return read_count(counts + flag_blocks, stream);
 }
 

@@ -29,18 +29,13 @@ void bspline_prefilter_cpu(const Volume& src, const Volume& coef);
 // dst (float32, C-contiguous) = src convolved along `axis` with odd-length taps, edge values repeated.
 void convolve_axis_cpu(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps);
 
-// Connected components of src (0 = background; neighbours join when their values are equal) into
-// dst (int32, contiguous in the walk order `order`: the axes of src from largest to smallest
-// stride) and zeroed. Labels are 1..N, numbered by each component's first voxel in (i, j, k)
-// raster order. Returns N.
-int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const int* order);
-
 // Per-label statistics of int32 labels 1..count: acc is (count + 1) x kStatsColumns float64 rows
 // (voxels, sum i, sum j, sum k, image sum, image max) and box (count + 1) x 6 int32 rows
 // (min i, max i, min j, max j, min k, max k), filled by the op (the caller allocates them). Row 0
 // belongs to no label: acc[0][0] counts the labelled voxels whose image value is NaN, acc[0][1] the
 // voxels whose label is outside 0..count (neither is added to any row). image may be null.
 constexpr int kStatsColumns = 6;
+
 PF_HOST_DEVICE inline void init_stats_row(int64_t l, double* acc, int32_t* box) {
   for (int c = 0; c < 5; ++c) acc[l * kStatsColumns + c] = 0.0;
   acc[l * kStatsColumns + 5] = -HUGE_VAL;  // image max
@@ -50,6 +45,24 @@ PF_HOST_DEVICE inline void init_stats_row(int64_t l, double* acc, int32_t* box) 
   }
 }
 void component_stats_cpu(const Volume& labels, const Volume* image, int64_t count, double* acc, int32_t* box);
+
+// Statistics the labeller gathers while it writes the labels, saving component_stats' pass over
+// them: the tables above with capacity + 1 rows, filled (rows 0..N) when the component count N is
+// at most capacity; else left as they are, for the caller to run component_stats. image (the
+// mask's shape and device) may be null.
+struct LabelStats {
+  const Volume* image = nullptr;
+  double* acc = nullptr;
+  int32_t* box = nullptr;
+  int64_t capacity = 0;
+};
+
+// Connected components of src (0 = background; neighbours join when their values are equal) into
+// dst (int32, contiguous in the walk order `order`: the axes of src from largest to smallest
+// stride) and zeroed. Labels are 1..N, numbered by each component's first voxel in (i, j, k)
+// raster order. Returns N. stats may be null.
+int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const int* order, const LabelStats* stats);
+
 // out[v] = 0 where 1 <= labels[v] <= count and keep[labels[v]] is 0 (remove_small's last pass).
 void drop_components_cpu(const Volume& labels, const uint8_t* keep, int64_t count, const Volume& out);
 
@@ -124,7 +137,8 @@ void finalize_tiles_cuda(const NdView& acc, const NdView& labels, uintptr_t stre
 void component_stats_cuda(const Volume& labels, const Volume* image, int64_t count, double* acc, int32_t* box,
                           uintptr_t stream);
 // Labels C-contiguous; scratch: int32 of at least label_scratch_layout(shape).total entries.
-int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, uintptr_t stream);
+int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const Volume& scratch, const LabelStats* stats,
+                   uintptr_t stream);
 void resample_cuda(const Volume& src, const Volume& dst, const ResampleArgs& args, uintptr_t stream);
 void bspline_prefilter_cuda(const Volume& src, const Volume& coef, uintptr_t stream);
 void convolve_axis_cuda(const Volume& src, const Volume& dst, int axis, const std::vector<float>& taps,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os as _os
 
 from . import _C
-from .components import component_stats, label, remove_small
+from .components import component_stats, label, label_with_stats, remove_small
 from .resample import resample, resample_ct_to_pet
 from . import metrics, patches, quant  # noqa: E402  (submodules of the public API)
 
@@ -21,6 +21,7 @@ __all__ = [
     "cuda_built",
     "get_num_threads",
     "label",
+    "label_with_stats",
     "remove_small",
     "resample",
     "resample_ct_to_pet",

@@ -163,7 +163,7 @@ def _evaluate(args) -> int:
     import json
 
     from . import io, metrics, quant
-    from .components import _spacing, label
+    from .components import _spacing, _stats, _to_numpy
 
     gt_dir, pred_dir = Path(args.gt), Path(args.pred)
     for d in (gt_dir, pred_dir) + ((Path(args.pet),) if args.pet else ()):
@@ -208,11 +208,12 @@ def _evaluate(args) -> int:
             raise ValueError(f"{gt_path} / {pred_path}{' / ' + str(pet_paths[0]) if pet else ''}: {e}") from None
         voxel_ml = float(np.prod(spacing)) / 1000.0  # from the ground truth's header, as autoPET III
         # Each mask is labelled once, for the metrics and the quantification both.
-        labelled = [label(m, metrics.CONNECTIVITY) for m in masks]
-        row = {"case": case, **metrics._autopet(masks[0], labelled[0], masks[1], labelled[1], voxel_ml)}
+        labelled = metrics._labelled(*masks)
+        row = {"case": case, **metrics._autopet(*labelled, voxel_ml)}
         if pet:
-            for who, lab in (("pred", labelled[1]), ("gt", labelled[0])):
-                s = quant._lesions(suv, lab, spacing)["study"]
+            for who, (labels, count, _) in (("pred", labelled[1]), ("gt", labelled[0])):
+                labels = _to_numpy(labels)
+                s = quant._lesions(suv, labels, _stats(labels, count, suv, spacing), spacing)["study"]
                 row.update({f"{who}_mtv_ml": s["mtv_ml"], f"{who}_tlg": s["tlg"], f"{who}_suv_max": s["suv_max"],
                             f"{who}_dmax_mm": s["dmax_mm"]})
         rows.append(row)

@@ -20,6 +20,10 @@ import numpy as np
 from . import _C, _arrays
 
 _CONNECTIVITIES = (6, 18, 26)
+# label_with_stats hands the labeller statistics tables of this many components: lesion masks and
+# organ maps fit (one pass over the labels fewer); a mask with more components (noise) gets
+# component_stats' own pass. Small, as a CUDA call copies the whole table back.
+_LABEL_STATS_ROWS = 1024
 
 
 def _bool_as_uint8(x):
@@ -73,6 +77,29 @@ def label(mask, connectivity: int = 26):
     (labels, count): int32 labels 1..count (0 background) of the input's kind and device, and the
     number of components.
     """
+    labels, count, _ = _label(mask, connectivity)
+    return labels, count
+
+
+def label_with_stats(mask, image=None, spacing=(1.0, 1.0, 1.0), connectivity: int = 26):
+    """:func:`label`, then :func:`component_stats` of the labels, in one call: the statistics are
+    gathered while the labels are written (CPU or CUDA), which saves a pass over the labels when the
+    mask has at most 1024 components (lesion masks, organ maps); with more it takes that pass.
+
+    Returns (labels, count, :class:`ComponentStats`), each as :func:`label` and
+    :func:`component_stats` return them; ``image`` (e.g. PET in SUV) and ``spacing`` (mm along
+    (i, j, k)) as there.
+    """
+    sp = _spacing(spacing)
+    labels, count, table = _label(mask, connectivity, image, stats=True)
+    if count > _LABEL_STATS_ROWS:
+        return labels, count, _stats(labels, count, image, sp)
+    return labels, count, _stats_from_table(_to_numpy(table), _LABEL_STATS_ROWS + 1, count, sp, image is not None)
+
+
+def _label(mask, connectivity, image=None, stats=False):
+    """(labels, count, statistics table or None) for label() and label_with_stats(): with ``stats``
+    the table (see _stats_tables) of _LABEL_STATS_ROWS + 1 rows, filled when count fits it."""
     src = _arrays.c_order_on_cuda(_mask(mask))
     if connectivity not in _CONNECTIVITIES:
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
@@ -84,8 +111,13 @@ def label(mask, connectivity: int = 26):
     else:
         out = _arrays.empty(src, src.shape, np.int32, axis_order=_arrays.memory_order(src), zeroed=True)
         scratch = None
-    count = _C.label(src.spec(), out.spec(), connectivity, scratch, src.stream())
-    return out.obj, int(count)
+    table, tables = None, {}
+    if stats:
+        img = None if image is None else _image(image, src, "mask")
+        table, acc, box = _stats_tables(src, _LABEL_STATS_ROWS + 1)
+        tables = {"image": img.spec() if img else None, "acc": acc.spec(), "box": box.spec()}
+    count = _C.label(src.spec(), out.spec(), connectivity, scratch, src.stream(), **tables)
+    return out.obj, int(count), table
 
 
 def _binary_mask(x, name):
@@ -162,44 +194,56 @@ def component_stats(labels, image=None, spacing=(1.0, 1.0, 1.0), count=None) -> 
     return _stats(labels, count, image, spacing)
 
 
-def _stats(labels, count, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats:
-    lab = _arrays.c_order_on_cuda(_labels(labels))
-    sp = _spacing(spacing)
-    img = None
-    if image is not None:
-        img = _arrays.c_order_on_cuda(_arrays.adapt(image, "image"))
-        if img.shape != lab.shape:
-            raise ValueError(f"image shape {img.shape} differs from labels shape {lab.shape}")
-        if img.device != lab.device:
-            raise ValueError("image and labels live on different devices")
-    count = _count(lab) if count is None else int(count)
-    # One buffer holds both tables (per row 6 float64 sums, then per row 6 int32 box bounds), so that
-    # a CUDA call copies its results back once, with one wait.
-    rows = count + 1
-    table = _arrays.empty(lab, (rows * 9,), np.float64).obj
+def _image(image, like: _arrays.Array, like_name: str) -> _arrays.Array:
+    """The image checked against the labels or mask it goes with (shape, device)."""
+    img = _arrays.c_order_on_cuda(_arrays.adapt(image, "image"))
+    if img.shape != like.shape:
+        raise ValueError(f"image shape {img.shape} differs from {like_name} shape {like.shape}")
+    if img.device != like.device:
+        raise ValueError(f"image and {like_name} live on different devices")
+    return img
+
+
+def _stats_tables(like: _arrays.Array, rows: int):
+    """(table, acc, box): one buffer on like's device holding both statistics tables, per row 6
+    float64 sums, then per row 6 int32 box bounds (acc and box: their views as the ops take them),
+    so that a CUDA call copies its results back once, with one wait."""
+    table = _arrays.empty(like, (rows * 9,), np.float64).obj
     if _arrays._is_torch(table):
         import torch
 
         box = table[rows * 6:].view(torch.int32)
     else:
         box = table[rows * 6:].view(np.int32)
-    _C.component_stats(lab.spec(), img.spec() if img else None, count,
-                       _arrays.adapt(table[:rows * 6].reshape(rows, 6, 1), "statistics").spec(),
-                       _arrays.adapt(box.reshape(rows, 6, 1), "bounding boxes").spec(), lab.stream())
-    host = _to_numpy(table)
+    return (table, _arrays.adapt(table[:rows * 6].reshape(rows, 6, 1), "statistics"),
+            _arrays.adapt(box.reshape(rows, 6, 1), "bounding boxes"))
+
+
+def _stats(labels, count, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats:
+    lab = _arrays.c_order_on_cuda(_labels(labels))
+    sp = _spacing(spacing)
+    img = None if image is None else _image(image, lab, "labels")
+    count = _count(lab) if count is None else int(count)
+    table, acc, box = _stats_tables(lab, count + 1)
+    _C.component_stats(lab.spec(), img.spec() if img else None, count, acc.spec(), box.spec(), lab.stream())
+    return _stats_from_table(_to_numpy(table), count + 1, count, sp, img is not None)
+
+
+def _stats_from_table(host: np.ndarray, rows: int, count: int, sp: np.ndarray, with_image: bool) -> ComponentStats:
+    """ComponentStats of labels 1..count from a host copy of a _stats_tables table of `rows` rows."""
     a = host[:rows * 6].reshape(rows, 6)
     if a[0, 1] > 0:  # row 0: the voxels whose label is outside 0..count, then the NaN image values
         raise ValueError(f"{int(a[0, 1])} voxels have labels outside 0..{count}: count must be the largest "
                          "label (as petfast.label returns it), and labels are not negative")
     if a[0, 0] > 0:
         raise ValueError(f"image contains NaN values inside the components ({int(a[0, 0])} voxels)")
-    a = a[1:]
-    b = host[rows * 6:].view(np.int32).reshape(rows, 6)[1:]
+    a = a[1:count + 1]
+    b = host[rows * 6:].view(np.int32).reshape(rows, 6)[1:count + 1]
     voxels = a[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = ComponentStats(voxels=voxels.astype(np.int64), volume_ml=voxels * np.prod(sp) / 1000.0, bbox=b,
                              centroid_mm=a[:, 1:4] / voxels[:, None] * sp)
-        if img is not None:
+        if with_image:
             out.update(sum=a[:, 4], mean=a[:, 4] / voxels, max=a[:, 5])
     return out
 
@@ -231,8 +275,8 @@ def remove_small(mask, min_voxels: int | None = None, min_ml: float | None = Non
         min_voxels = float(min_ml) * 1000.0 / float(np.prod(_spacing(spacing)))
     if min_voxels < 0:
         raise ValueError(f"the size threshold must be non-negative, got {min_voxels}")
-    labels, count = label(mask, connectivity)
-    voxels = _stats(labels, count)["voxels"]
+    labels, count, stats = label_with_stats(mask, connectivity=connectivity)
+    voxels = stats["voxels"]
     keep = np.concatenate([[True], voxels >= min_voxels])
     if _arrays._is_torch(labels) and labels.is_cuda:
         import torch

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .components import _binary_mask, _stats, label
+from .components import _binary_mask, label_with_stats
 
 CONNECTIVITY = 18
 
@@ -38,24 +38,29 @@ def autopet(gt, pred, voxel_ml: float) -> dict:
     """autoPET metrics of one study. gt, pred: 3-D masks of one shape (numpy or torch, CPU or CUDA);
     voxel_ml: the volume of one voxel in ml (product of the spacing in mm / 1000). See module notes.
 
-    Cost: two labelling passes and two statistics passes (component sizes and overlaps), all
-    multithreaded on the CPU or on the GPU."""
+    Cost: two labelling passes, each gathering its components' sizes and overlaps with the other
+    mask as it writes the labels; multithreaded on the CPU, or on the GPU."""
     if not (isinstance(voxel_ml, (int, float, np.floating)) and math.isfinite(voxel_ml) and voxel_ml > 0):
         raise ValueError(f"voxel_ml must be a positive number of ml, got {voxel_ml!r}")
     g, p = _masks(gt, pred)
-    return _autopet(g, label(g, CONNECTIVITY), p, label(p, CONNECTIVITY), voxel_ml)
+    return _autopet(*_labelled(g, p), voxel_ml)
 
 
-def _autopet(g, g_labelled, p, p_labelled, voxel_ml: float) -> dict:
-    """autopet() from checked masks (see _masks) and their (labels, count) at CONNECTIVITY, which
-    `petfast evaluate` shares with the quantification."""
+def _labelled(g, p):
+    """label_with_stats of each checked mask (see _masks) at CONNECTIVITY, with the other mask as the
+    image (the statistics' ``sum``: how many voxels of each component the other mask covers)."""
+    return label_with_stats(g, p, connectivity=CONNECTIVITY), label_with_stats(p, g, connectivity=CONNECTIVITY)
 
-    def touching(labelled, other):  # each component's voxel count, and how many of them lie in `other`
-        st = _stats(*labelled, other)
+
+def _autopet(g_labelled, p_labelled, voxel_ml: float) -> dict:
+    """autopet() from _labelled(gt, pred), which `petfast evaluate` shares with the quantification."""
+
+    def touching(labelled):  # each component's voxel count, and how many of them the other mask covers
+        st = labelled[2]
         return st.voxels.astype(np.float64), st["sum"]
 
-    gt_sizes, gt_hit = touching(g_labelled, p)
-    pred_sizes, pred_hit = touching(p_labelled, g)
+    gt_sizes, gt_hit = touching(g_labelled)
+    pred_sizes, pred_hit = touching(p_labelled)
     n_gt, n_pred, inter = gt_sizes.sum(), pred_sizes.sum(), gt_hit.sum()
     fn = gt_hit == 0
     fp = pred_hit == 0

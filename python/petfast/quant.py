@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .components import _binary_mask, _finite, _spacing, _stats, _to_numpy, label
+from .components import _binary_mask, _finite, _spacing, _to_numpy, label_with_stats
 from .metrics import CONNECTIVITY
 
 LESION_COLUMNS = ("lesion", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg", "voxels", "centroid_mm",
@@ -41,7 +41,8 @@ def lesions(pet_suv, mask, spacing) -> dict:
     """
     m = _to_numpy(_binary_mask(mask, "mask"))
     pet, sp = _pet(pet_suv, m.shape), _spacing(spacing)
-    return _lesions(pet, label(m, CONNECTIVITY), sp)
+    labels, _, st = label_with_stats(m, pet, sp, CONNECTIVITY)
+    return _lesions(pet, _to_numpy(labels), st, sp)
 
 
 def _pet(pet_suv, shape) -> np.ndarray:
@@ -54,12 +55,11 @@ def _pet(pet_suv, shape) -> np.ndarray:
     return pet
 
 
-def _lesions(pet: np.ndarray, labelled, sp: np.ndarray) -> dict:
-    """lesions() from a checked PET (see _pet), the mask's (labels, count) at CONNECTIVITY, which
-    `petfast evaluate` shares with the metrics, and the spacing checked by _spacing."""
-    labels, count = labelled
-    labels = _to_numpy(labels)
-    st = _stats(labels, count, pet, sp)
+def _lesions(pet: np.ndarray, labels: np.ndarray, st, sp: np.ndarray) -> dict:
+    """lesions() from a checked PET (see _pet), the mask's labels at CONNECTIVITY (numpy), which
+    `petfast evaluate` shares with the metrics, their statistics with the PET, and the spacing
+    checked by _spacing."""
+    count = len(st.voxels)
     rows = []
     for n in range(count):
         b = st.bbox[n]

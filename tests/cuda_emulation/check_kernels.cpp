@@ -69,6 +69,50 @@ NdView view(void* p, DType t, std::vector<int64_t> shape, int device) {
   return v;
 }
 
+// Statistics gathered while labelling (it % 5: none, without an image, with a float32 image holding
+// a NaN now and then, with an int16 image, with tables too small for the count), by both twins,
+// against component_stats_cpu on the CPU twin's labels.
+void check_label_stats(int it, const std::vector<uint8_t>& mask, const int64_t* shape, int connectivity,
+                       const std::vector<int32_t>& labels, int64_t count, const Volume& src_gpu, const Volume& scratch) {
+  const int kind = it % 5;
+  if (kind == 0) return;
+  const int64_t n = shape[0] * shape[1] * shape[2];
+  std::vector<float> imf(n);
+  std::vector<int16_t> imi(n);
+  for (int64_t v = 0; v < n; ++v) imf[v] = float(ri(-500, 500)) / 3.f, imi[v] = int16_t(ri(-1000, 1000));
+  if (it % 7 == 3) imf[ri(0, n - 1)] = NAN;
+  const Volume image_cpu = kind == 3 ? volume(imi.data(), DType::Int16, shape, false, -1)
+                                     : volume(imf.data(), DType::Float32, shape, false, -1);
+  Volume image_gpu = image_cpu;
+  image_gpu.device = 0;
+  const bool with_image = kind >= 2;
+  const int64_t capacity = kind == 4 ? std::max<int64_t>(count - 1, 0) : count + ri(0, 3);
+  std::vector<double> want_acc((count + 1) * kStatsColumns);
+  std::vector<int32_t> want_box((count + 1) * 6);
+  component_stats_cpu(volume(const_cast<int32_t*>(labels.data()), DType::Int32, shape, false, -1),
+                      with_image ? &image_cpu : nullptr, count, want_acc.data(), want_box.data());
+  const int order[3] = {0, 1, 2};
+  for (int device : {-1, 0}) {
+    const char* what = device < 0 ? "label_cpu statistics" : "label_cuda statistics";
+    std::vector<double> acc((capacity + 1) * kStatsColumns, 77.0);
+    std::vector<int32_t> box((capacity + 1) * 6, 77), out(n, 0);
+    const LabelStats stats{with_image ? (device < 0 ? &image_cpu : &image_gpu) : nullptr, acc.data(), box.data(), capacity};
+    const Volume dst = volume(out.data(), DType::Int32, shape, false, device);
+    const int64_t got = device < 0 ? label_cpu(volume(const_cast<uint8_t*>(mask.data()), DType::UInt8, shape, false, -1),
+                                               dst, connectivity, order, &stats)
+                                   : label_cuda(src_gpu, dst, connectivity, scratch, &stats, 0);
+    if (got != count || !agree(what, it, labels, out)) continue;
+    if (count > capacity) {  // the tables are not the caller's to read then; the CPU twin leaves them
+      if (device < 0) agree("label_cpu statistics left alone", it, std::vector<double>(acc.size(), 77.0), acc);
+      continue;
+    }
+    acc.resize(want_acc.size());
+    box.resize(want_box.size());
+    agree(what, it, want_acc, acc, 1e-9, 1000);
+    agree(what, it, want_box, box);
+  }
+}
+
 // Sparse, dense, 2x2x2-blocky (the block path) and multi-label masks, 0/1 and 0/7, 6/18/26-
 // connectivity, odd and even sizes, labels 8-byte aligned and not; now and then a volume over
 // kLabelFlagsPerScanBlock voxels, whose start flags span two scan blocks.
@@ -95,14 +139,16 @@ void check_label(int it) {
   int32_t* gpu_out = gpu_buffer.data() + (it / 3) % 2;
   const int order[3] = {0, 1, 2};
   const int64_t count_cpu = label_cpu(volume(mask.data(), DType::UInt8, shape, false, -1),
-                                      volume(cpu.data(), DType::Int32, shape, false, -1), connectivity, order);
+                                      volume(cpu.data(), DType::Int32, shape, false, -1), connectivity, order, nullptr);
   std::vector<int32_t> scratch(label_scratch_layout(shape).total, 12345);  // the kernels must not need it zeroed
   const int64_t flat[3] = {int64_t(scratch.size()), 1, 1};
-  const int64_t count_gpu = label_cuda(volume(mask.data(), DType::UInt8, shape, false, 0),
-                                       volume(gpu_out, DType::Int32, shape, false, 0), connectivity,
-                                       volume(scratch.data(), DType::Int32, flat, false, 0), 0);
+  const Volume src_gpu = volume(mask.data(), DType::UInt8, shape, false, 0),
+               scratch_gpu = volume(scratch.data(), DType::Int32, flat, false, 0);
+  const int64_t count_gpu = label_cuda(src_gpu, volume(gpu_out, DType::Int32, shape, false, 0), connectivity,
+                                       scratch_gpu, nullptr, 0);
   if (count_cpu != count_gpu) fail("label count", it, 0);
-  agree("label", it, cpu, std::vector<int32_t>(gpu_out, gpu_out + n));
+  if (agree("label", it, cpu, std::vector<int32_t>(gpu_out, gpu_out + n)))
+    check_label_stats(it, mask, shape, connectivity, cpu, count_cpu, src_gpu, scratch_gpu);
 }
 
 // Tiles partly outside the image (gather), inside it (accumulate), then the argmax.

@@ -24,6 +24,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __constant__ static
+#define __launch_bounds__(...)
 #define __shared__ static
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
