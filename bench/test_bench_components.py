@@ -49,7 +49,7 @@ CASES = ["organs", "organs-binary", "noise50"]
 
 
 @pytest.fixture(scope="module")
-def gpu_masks(masks):
+def ccl_masks(masks):
     return ccl_cases(masks)
 
 
@@ -157,15 +157,52 @@ def test_cpu_cc3d_metrics(benchmark, record, masks, layout):
     record(benchmark.group, "cc3d + bincount")
 
 
+# The lesion table of a study, as quant.lesions and the metrics build it: 18-connectivity components
+# of a lesion mask (and of an organ map), with voxels, volume, box, centroid and SUV max/mean/sum.
+STATS_CASES = ["sparse", "organs"]
+SPACING = (2.04, 2.04, 3.0)
+
+
+def _suv(shape):
+    return np.random.default_rng(2).random(shape, np.float32) * 10
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", STATS_CASES)
+@pytest.mark.parametrize("fused", [True, False], ids=["label_with_stats", "label+component_stats"])
+def test_cpu_petfast_label_stats(benchmark, record, ccl_masks, case, layout, fused):
+    mask = LAYOUTS[layout](ccl_masks[case])
+    pet = LAYOUTS[layout](_suv(mask.shape))
+
+    def separate():
+        labels, n = petfast.label(mask, 18)
+        return petfast.component_stats(labels, pet, SPACING, count=n)
+
+    benchmark.group = f"label18-stats-cpu-{case}-{layout}"
+    benchmark((lambda: petfast.label_with_stats(mask, pet, SPACING, 18)) if fused else separate)
+    record(benchmark.group, "petfast " + ("label_with_stats" if fused else "label + component_stats"))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", STATS_CASES)
+def test_cpu_cc3d_label_stats(benchmark, record, ccl_masks, case, layout):
+    """cc3d's labelling and cc3d.statistics (voxels, box, centroid: no image statistics)."""
+    cc3d = _cc3d()
+    mask = LAYOUTS[layout](ccl_masks[case])
+    benchmark.group = f"label18-stats-cpu-{case}-{layout}"
+    benchmark(lambda: cc3d.statistics(cc3d.connected_components(mask, connectivity=18)))
+    record(benchmark.group, "cc3d connected_components + statistics")
+
+
 cuda = pytest.mark.skipif(not petfast.cuda_available(), reason="needs the CUDA kernels and a CUDA device")
 
 
 @cuda
 @pytest.mark.parametrize("case,connectivity", GPU_CASES)
-def test_gpu_petfast_label(benchmark, record, gpu_masks, case, connectivity):
+def test_gpu_petfast_label(benchmark, record, ccl_masks, case, connectivity):
     import torch
 
-    x = torch.from_numpy(gpu_masks[case]).cuda()
+    x = torch.from_numpy(ccl_masks[case]).cuda()
     run = lambda: petfast.label(x, connectivity)  # returns the count, which synchronises
     run()
     benchmark.group = f"label{connectivity}-gpu-{case}"
@@ -174,12 +211,12 @@ def test_gpu_petfast_label(benchmark, record, gpu_masks, case, connectivity):
 
 
 @cuda
-def test_gpu_petfast_label_fortran_tensor(benchmark, record, gpu_masks):
+def test_gpu_petfast_label_fortran_tensor(benchmark, record, ccl_masks):
     """A Fortran-ordered tensor (NIfTI data moved to the GPU as it is): petfast labels a C-ordered
     copy. In the same group as the C-ordered run and cupyx, so the copy's cost shows."""
     import torch
 
-    x = torch.from_numpy(np.asfortranarray(gpu_masks["sparse"])).cuda()
+    x = torch.from_numpy(np.asfortranarray(ccl_masks["sparse"])).cuda()
     run = lambda: petfast.label(x, 26)  # noqa: E731
     run()
     benchmark.group = "label26-gpu-sparse"
@@ -189,12 +226,12 @@ def test_gpu_petfast_label_fortran_tensor(benchmark, record, gpu_masks):
 
 @cuda
 @pytest.mark.parametrize("case,connectivity", GPU_CASES)
-def test_gpu_cupyx_label(benchmark, record, gpu_masks, case, connectivity):
+def test_gpu_cupyx_label(benchmark, record, ccl_masks, case, connectivity):
     cp = pytest.importorskip("cupy")
     import cupyx.scipy.ndimage as cnd
     import scipy.ndimage as ndi
 
-    x = cp.asarray(gpu_masks[case])
+    x = cp.asarray(ccl_masks[case])
     structure = cp.asarray(ndi.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity]))
 
     def run():
@@ -209,30 +246,32 @@ def test_gpu_cupyx_label(benchmark, record, gpu_masks, case, connectivity):
 
 
 @cuda
-def test_gpu_petfast_label_and_stats(benchmark, record, gpu_masks):
+@pytest.mark.parametrize("fused", [True, False], ids=["label_with_stats", "label+component_stats"])
+def test_gpu_petfast_label_and_stats(benchmark, record, ccl_masks, fused):
     """Labelling plus per-component voxels, volume, bounding box, centroid and SUV max/mean/sum:
     the lesion table of a whole-body study (target: at most 0.1 ms over labelling alone)."""
     import torch
 
-    x = torch.from_numpy(gpu_masks["sparse"]).cuda()
+    x = torch.from_numpy(ccl_masks["sparse"]).cuda()
     pet = torch.rand(x.shape, device="cuda") * 10
 
-    def run():
+    def separate():
         labels, count = petfast.label(x, 26)
-        return petfast.component_stats(labels, pet, (2.04, 2.04, 3.0), count=count)  # label's count: no pass to find it
+        return petfast.component_stats(labels, pet, SPACING, count=count)  # label's count: no pass to find it
 
+    run = (lambda: petfast.label_with_stats(x, pet, SPACING, 26)) if fused else separate
     run()
     benchmark.group = "label26-gpu-sparse"
     benchmark(run)
-    record(benchmark.group, "petfast label + component_stats")
+    record(benchmark.group, "petfast " + ("label_with_stats" if fused else "label + component_stats"))
 
 
 @cuda
-def test_gpu_copy_floor(benchmark, record, gpu_masks):
+def test_gpu_copy_floor(benchmark, record, ccl_masks):
     """Reading the uint8 mask and writing int32 labels once: no labelling can beat this."""
     import torch
 
-    x = torch.from_numpy(gpu_masks["sparse"]).cuda()
+    x = torch.from_numpy(ccl_masks["sparse"]).cuda()
     out = torch.empty(x.shape, dtype=torch.int32, device="cuda")
     copy = lambda: (out.copy_(x), torch.cuda.synchronize())
     copy()

@@ -44,6 +44,9 @@ def main(out):
     pet = torch.rand(x.shape, device="cuda") * 10
     parts.append(report("component_stats sparse",
                         lambda: petfast.component_stats(labels, pet, (2.04, 2.04, 3.0), count=count)))
+    for conn in (26, 18):  # the block path's and the voxel path's final pass with the statistics
+        parts.append(report(f"label_with_stats sparse {conn}",
+                            lambda: petfast.label_with_stats(x, pet, (2.04, 2.04, 3.0), conn)))
     v = torch.randn(2, 326, 400, 400, device="cuda")
     patch = (128, 128, 128)
     origins = patches.tile_origins(v.shape[1:], patch)[:8]
