@@ -445,6 +445,9 @@ def _label_with_stats_cases(device, rng, monkeypatch):
                     np.testing.assert_allclose(st[key], ref[key], rtol=1e-12, err_msg=f"{key} rows={rows}")
                 seen_counts.append(n)
     assert min(seen_counts) > 3 and max(seen_counts) < full  # both paths taken
+    overlap = petfast.label_with_stats(as_kind(binary), as_kind(np.roll(binary, 3, 0).astype(bool)))[2]
+    ref_labels, n = petfast.label(binary, 26)
+    np.testing.assert_array_equal(overlap["sum"], np.bincount(ref_labels[np.roll(binary, 3, 0) > 0], minlength=n + 1)[1:])
     nan_outside = image.copy()
     nan_outside[binary == 0] = np.nan
     st = petfast.label_with_stats(as_kind(binary), as_kind(nan_outside))[2]

@@ -183,7 +183,8 @@ def component_stats(labels, image=None, spacing=(1.0, 1.0, 1.0), count=None) -> 
     """Statistics of each labelled component in one pass over the volume (CPU or CUDA).
 
     labels: int32 labels 1..N as :func:`label` returns (0 background). image: optional volume of the
-    same shape on the same device (e.g. PET in SUV). spacing: voxel size in mm along (i, j, k).
+    same shape on the same device (e.g. PET in SUV; a bool mask, whose ``sum`` is then each
+    component's overlap with it). spacing: voxel size in mm along (i, j, k).
     count: N, as :func:`label` returns it; saves finding it, a pass over the labels (half the time on
     the CPU). Returns a :class:`ComponentStats` of numpy arrays (small, one row per label 1..N; a
     label with no voxels has 0 voxels and NaN means). A NaN image value inside a component, and a
@@ -195,8 +196,9 @@ def component_stats(labels, image=None, spacing=(1.0, 1.0, 1.0), count=None) -> 
 
 
 def _image(image, like: _arrays.Array, like_name: str) -> _arrays.Array:
-    """The image checked against the labels or mask it goes with (shape, device)."""
-    img = _arrays.c_order_on_cuda(_arrays.adapt(image, "image"))
+    """The image checked against the labels or mask it goes with (shape, device); a bool image (another
+    mask, whose ``sum`` then counts the overlap) is read as 0/1 bytes."""
+    img = _arrays.c_order_on_cuda(_arrays.adapt(_bool_as_uint8(image), "image"))
     if img.shape != like.shape:
         raise ValueError(f"image shape {img.shape} differs from {like_name} shape {like.shape}")
     if img.device != like.device:
