@@ -398,7 +398,7 @@ __global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* paren
         parent[b] = b + 1;
         first[b] = INT_MAX;  // above any voxel index, for atomicMin
       }
-      if (two_values) *mixed = 1;
+      if (two_values && *mixed == 0) *mixed = 1;  // read first, as not_binary below
       // Read first: once one block has set it, the others only read (a write from every block of
       // a label map would queue on the one address).
       if (bits && value != T(1) && *not_binary == 0) *not_binary = 1;
@@ -441,19 +441,31 @@ __global__ void block_merge_kernel(const T* __restrict__ in, Blocks g, int* pare
   }
 }
 
-// Every block to its root, and each root's `first` to the smallest first voxel of its blocks.
+// Every block to its root, and each root's `first` to the smallest first voxel of its blocks. The
+// root is the component's first block (unions keep the smaller index), so the component's first
+// voxel lies in the root's plane of blocks: only blocks there compete, and a thread takes the
+// smallest over its blocks of one root before its atomicMin. When every block of a component took
+// its turn at the one address, the atomics queued at the L2: 6.5 M of them on 50 % noise (one
+// giant component), about 1.3 ns each, the 4.8 ms this pass took in the H200 profile.
 __global__ void block_compress_kernel(Blocks g, int* parent, const uint8_t* __restrict__ occupancy, int* first) {
   const int64_t nb = int64_t(g.b0) * g.b1 * g.b2;
+  const unsigned plane = unsigned(g.b1) * unsigned(g.b2);
   for (int64_t b0 = first_of_four(); b0 < nb; b0 += stride_of_four()) {
     const unsigned four = occupancy_of_four(occupancy, b0, nb);
+    int root = -1, smallest = INT_MAX;  // smallest first voxel of this thread's blocks of `root`
     for (int q = 0; q < kPerThread; ++q) {
       const unsigned bits = (four >> (8 * q)) & 0xffu;
       if (bits == 0) continue;
       const int b = int(b0 + q), r = find_and_compress(parent, b);
+      if (r != root) {
+        if (smallest != INT_MAX) atomicMin(first + root, smallest);
+        root = r, smallest = INT_MAX;
+      }
       int bi, bj, bk;
       coords(g.b1, g.b2, b, bi, bj, bk);
-      atomicMin(first + r, voxel_of(g, bi, bj, bk, __ffs(bits) - 1));
+      if (unsigned(bi) == unsigned(r) / plane) smallest = min(smallest, voxel_of(g, bi, bj, bk, __ffs(bits) - 1));
     }
+    if (smallest != INT_MAX) atomicMin(first + root, smallest);
   }
 }
 
