@@ -445,6 +445,13 @@ def _label_with_stats_cases(device, rng, monkeypatch):
                     np.testing.assert_allclose(st[key], ref[key], rtol=1e-12, err_msg=f"{key} rows={rows}")
                 seen_counts.append(n)
     assert min(seen_counts) > 3 and max(seen_counts) < full  # both paths taken
+    # An image in another layout than the mask's (Fortran-ordered, reversed along an axis).
+    other = np.asfortranarray(image[::-1])[::-1] if torch is None else torch.from_numpy(image).to(device).permute(2, 1, 0)
+    mask = binary if torch is None else np.ascontiguousarray(binary.transpose(2, 1, 0))
+    labels, count, st = petfast.label_with_stats(as_kind(mask), other, spacing)
+    ref = petfast.component_stats(labels, other, spacing, count=count)
+    for key in ref:
+        np.testing.assert_allclose(st[key], ref[key], rtol=1e-12, err_msg=f"{key}, image in another layout")
     overlap = petfast.label_with_stats(as_kind(binary), as_kind(np.roll(binary, 3, 0).astype(bool)))[2]
     ref_labels, n = petfast.label(binary, 26)
     np.testing.assert_array_equal(overlap["sum"], np.bincount(ref_labels[np.roll(binary, 3, 0) > 0], minlength=n + 1)[1:])
