@@ -100,7 +100,9 @@ def test_union_order_model(tmp_path):
     # (kUnionOrder in csrc/cuda/label_neighbours.h), on the strength of bench/gpu/union_find_model.cpp:
     # a model of warps making their unions in lockstep, on the kernel's own tables. Check that its
     # merge finds scipy's components, and that it still finds plane-first cheaper (with 4 nodes per
-    # thread, as the kernels take them, by 1.2-1.8x on whole-body masks; 3-9x with one per thread).
+    # thread, as the kernels take them, by 1.2-1.8x on whole-body masks; 3-9x with one per thread),
+    # and that the compress pass's atomicMins on one root's first voxel, which queue at one address,
+    # come from a small part of the component (the root's plane of blocks).
     np = pytest.importorskip("numpy")
     ndi = pytest.importorskip("scipy.ndimage")
     model = ROOT / "bench" / "gpu" / "union_find_model.cpp"
@@ -124,4 +126,7 @@ def test_union_order_model(tmp_path):
                                      capture_output=True, text=True, check=True).stdout
                 loads[first] = int(re.search(r"walk (\d+) loads", out).group(1))
                 assert int(re.search(r"(\d+) components", out).group(1)) == ndi.label(mask, structure)[1], out
+                if path_kind == "block":  # the compress pass's atomics on one root's entry: from its plane only
+                    every, plane = map(int, re.search(r"(\d+) atomicMins .* (\d+) from its plane", out).groups())
+                    assert 0 < plane and plane * 10 < every, out
             assert loads["plane"] < loads["left"], (name, path_kind, connectivity, loads)

@@ -10,7 +10,11 @@
 //     the kernel's shortcut (SHORTCUT=0 leaves it out).
 // Reported: parent loads of all walks ("walk"), the sum over warp steps of the slowest lane's loads
 // (what a warp waits for), atomics, the depth left for the finishing walks (sum; sum over warps of
-// the worst lane), and the number of components (roots), which must equal scipy's.
+// the worst lane), and the number of components (roots), which must equal scipy's. For the block
+// path also the most atomicMins the compress pass makes on one root's `first` entry (atomics on one
+// address are served one at a time): from every occupied block, and as the kernel makes them now
+// (blocks in the root's plane of blocks only, a lane's blocks of one root combined); and the most
+// atomics the merge makes on one entry.
 //
 //   g++ -O2 -std=c++17 -Icsrc bench/gpu/union_find_model.cpp -o /tmp/union_find_model
 //   cd bench && python -c "from test_bench_components import *; r = np.random.default_rng(0)
@@ -111,6 +115,7 @@ int main(int argc, char** argv) {
   };
 
   long long loads = 0, warp_loads = 0, atomics = 0;
+  std::vector<long long> atomics_at(n, 0);  // the merge's atomics per entry
   std::vector<std::pair<size_t, int>> resident;  // (warp, next step: node step / 13 of each lane, union step % 13)
   size_t next = 0;
   const size_t warp_nodes = size_t(32) * per_lane, total_warps = (n + warp_nodes - 1) / warp_nodes, steps = 13 * per_lane;
@@ -141,6 +146,7 @@ int main(int argc, char** argv) {
         while (x != y) {
           if (x > y) std::swap(x, y);
           ++atomics;
+          ++atomics_at[y];
           const int old = parent[y];
           parent[y] = std::min(old, x);
           if (old == y) break;
@@ -158,6 +164,7 @@ int main(int argc, char** argv) {
           if (t < n && node[t] && self[t] < parent[t]) {
             parent[t] = self[t];
             ++atomics;
+            ++atomics_at[t];
           }
         }
       }
@@ -167,16 +174,28 @@ int main(int argc, char** argv) {
   }
 
   long long depth = 0, warp_depth = 0, components = 0;
+  std::vector<long long> every_block(blocks ? n : 0), root_plane(blocks ? n : 0);  // atomics per root
   for (size_t w = 0; w < total_warps; ++w) {
     long long slowest = 0;
     for (int lane = 0; lane < 32; ++lane) {
       long long lane_depth = 0;
+      int lane_root = -1;    // the root of the lane's last block, as block_compress_kernel keeps it
+      bool pending = false;  // an atomic for lane_root still to make
       for (int q = 0; q < per_lane; ++q) {
         const size_t t = node_of(w, lane, q);
         if (t >= n || !node[t]) continue;
-        find_root(int(t), lane_depth);
+        const int r = find_root(int(t), lane_depth);
         components += parent[t] == int(t);
+        if (blocks) {
+          ++every_block[r];
+          if (r != lane_root) {
+            if (pending) ++root_plane[lane_root];
+            lane_root = r, pending = false;
+          }
+          pending |= t / (size_t(m1) * m2) == size_t(r) / (size_t(m1) * m2);
+        }
       }
+      if (pending) ++root_plane[lane_root];
       depth += lane_depth;
       slowest = std::max(slowest, lane_depth);
     }
@@ -186,4 +205,9 @@ int main(int argc, char** argv) {
               "depth left %lld (warps wait %lld), %lld components\n",
               argv[1], argv[5], connectivity, order == kPlaneFirst ? "plane" : "left", warps, per_lane, int(shortcut), loads,
               warp_loads, atomics, depth, warp_depth, components);
+  std::printf("merge: at most %lld atomics on one entry\n", *std::max_element(atomics_at.begin(), atomics_at.end()));
+  if (blocks)
+    std::printf("compress: at most %lld atomicMins on one root's first voxel from every block, %lld from its plane's\n",
+                *std::max_element(every_block.begin(), every_block.end()),
+                *std::max_element(root_plane.begin(), root_plane.end()));
 }
