@@ -105,13 +105,14 @@ __device__ __forceinline__ void shortcut(int* parent, int v, int self) {
 }
 
 // Root of v, with every entry on v's path pointed at it, so that later walks through them take one
-// step. Only once all unions are done: threads sharing a path then write the same root into it.
+// step. Only once all unions are done: threads sharing a path then write the same root into it. The
+// last entry on the path points at the root already and is not written again: on a dense mask
+// most entries are such, and rewriting them was a store per node.
 __device__ __forceinline__ int find_and_compress(int* parent, int v) {
   const int root = find_root(parent, v);
-  for (int w = v; w != root;) {
-    const int next = parent[w] - 1;
-    parent[w] = root + 1;
-    w = next;
+  for (int w = v, next; w != root; w = next) {
+    next = parent[w] - 1;
+    if (next != root) parent[w] = root + 1;
   }
   return root;
 }
