@@ -163,7 +163,7 @@ def _evaluate(args) -> int:
     import json
 
     from . import io, metrics, quant
-    from .components import _spacing, _stats, _to_numpy
+    from .components import _spacing, _stats
 
     gt_dir, pred_dir = Path(args.gt), Path(args.pred)
     for d in (gt_dir, pred_dir) + ((Path(args.pet),) if args.pet else ()):
@@ -211,8 +211,7 @@ def _evaluate(args) -> int:
         labelled = metrics._labelled(*masks)
         row = {"case": case, **metrics._autopet(*labelled, voxel_ml)}
         if pet:
-            for who, (labels, count, _) in (("pred", labelled[1]), ("gt", labelled[0])):
-                labels = _to_numpy(labels)
+            for who, (labels, count, _) in (("pred", labelled[1]), ("gt", labelled[0])):  # numpy, as the masks
                 s = quant._lesions(suv, labels, _stats(labels, count, suv, spacing), spacing)["study"]
                 row.update({f"{who}_mtv_ml": s["mtv_ml"], f"{who}_tlg": s["tlg"], f"{who}_suv_max": s["suv_max"],
                             f"{who}_dmax_mm": s["dmax_mm"]})

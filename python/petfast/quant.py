@@ -42,7 +42,7 @@ def lesions(pet_suv, mask, spacing) -> dict:
     m = _to_numpy(_binary_mask(mask, "mask"))
     pet, sp = _pet(pet_suv, m.shape), _spacing(spacing)
     labels, _, st = label_with_stats(m, pet, sp, CONNECTIVITY)
-    return _lesions(pet, _to_numpy(labels), st, sp)
+    return _lesions(pet, labels, st, sp)
 
 
 def _pet(pet_suv, shape) -> np.ndarray:
