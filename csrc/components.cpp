@@ -46,7 +46,7 @@ int64_t label(const Volume& src, const Volume& dst, int connectivity, const Volu
           "internal: labels must be contiguous in the mask's memory order");
   LabelStats stats;
   if (acc) {
-    require(acc->shape[0] >= 1, "internal: statistics rows");
+    require(acc->shape[0] >= 1 && acc->shape[0] < INT32_MAX, "internal: statistics rows");
     check_stats_tables(src, image, acc->shape[0], *acc, *box, "label");
     stats = LabelStats{image, static_cast<double*>(acc->data), static_cast<int32_t*>(box->data), acc->shape[0] - 1};
   } else {
