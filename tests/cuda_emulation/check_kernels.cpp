@@ -72,7 +72,7 @@ NdView view(void* p, DType t, std::vector<int64_t> shape, int device) {
 // Statistics gathered while labelling (it % 5: none, without an image, with a float32 image holding
 // a NaN now and then, with an int16 image, with tables too small for the count), by both twins,
 // against component_stats_cpu on the CPU twin's labels.
-void check_label_stats(int it, const std::vector<uint8_t>& mask, const int64_t* shape, int connectivity,
+void check_label_stats(int it, const Volume& src_cpu, const int64_t* shape, int connectivity,
                        const std::vector<int32_t>& labels, int64_t count, const Volume& src_gpu, const Volume& scratch) {
   const int kind = it % 5;
   if (kind == 0) return;
@@ -98,8 +98,7 @@ void check_label_stats(int it, const std::vector<uint8_t>& mask, const int64_t* 
     std::vector<int32_t> box((capacity + 1) * 6, 77), out(n, 0);
     const LabelStats stats{with_image ? (device < 0 ? &image_cpu : &image_gpu) : nullptr, acc.data(), box.data(), capacity};
     const Volume dst = volume(out.data(), DType::Int32, shape, false, device);
-    const int64_t got = device < 0 ? label_cpu(volume(const_cast<uint8_t*>(mask.data()), DType::UInt8, shape, false, -1),
-                                               dst, connectivity, order, &stats)
+    const int64_t got = device < 0 ? label_cpu(src_cpu, dst, connectivity, order, &stats)
                                    : label_cuda(src_gpu, dst, connectivity, scratch, &stats, 0);
     if (got != count || !agree(what, it, labels, out)) continue;
     if (count > capacity) {  // the tables are not the caller's to read then; the CPU twin leaves them
@@ -113,9 +112,9 @@ void check_label_stats(int it, const std::vector<uint8_t>& mask, const int64_t* 
   }
 }
 
-// Sparse, dense, 2x2x2-blocky (the block path) and multi-label masks, 0/1 and 0/7, 6/18/26-
-// connectivity, odd and even sizes, labels 8-byte aligned and not; now and then a volume over
-// kLabelFlagsPerScanBlock voxels, whose start flags span two scan blocks.
+// Sparse, dense, 2x2x2-blocky (the block path) and multi-label masks, 0/1 and 0/7, uint8, int16 and
+// float32, 6/18/26-connectivity, odd and even sizes, labels 8-byte aligned and not; now and then a
+// volume over kLabelFlagsPerScanBlock voxels, whose start flags span two scan blocks.
 void check_label(int it) {
   const bool large = it % 15 == 7;
   const int64_t shape[3] = {large ? ri(36, 40) : ri(1, 9), large ? ri(62, 70) : ri(1, 13), large ? ri(62, 70) : ri(1, 40)};
@@ -138,17 +137,24 @@ void check_label(int it) {
   std::vector<int32_t> cpu(n, 0), gpu_buffer(n + 1, -1);
   int32_t* gpu_out = gpu_buffer.data() + (it / 3) % 2;
   const int order[3] = {0, 1, 2};
-  const int64_t count_cpu = label_cpu(volume(mask.data(), DType::UInt8, shape, false, -1),
-                                      volume(cpu.data(), DType::Int32, shape, false, -1), connectivity, order, nullptr);
+  // Now and then the mask as int16 or float32: the kernels that read it are templates on its type.
+  std::vector<int16_t> as_int16(mask.begin(), mask.end());
+  std::vector<float> as_float(mask.begin(), mask.end());
+  const DType type = (it / 3) % 5 == 3 ? DType::Int16 : ((it / 3) % 5 == 4 ? DType::Float32 : DType::UInt8);
+  void* data = type == DType::Int16 ? static_cast<void*>(as_int16.data())
+               : type == DType::Float32 ? static_cast<void*>(as_float.data()) : mask.data();
+  const Volume src_cpu = volume(data, type, shape, false, -1);
+  const int64_t count_cpu = label_cpu(src_cpu, volume(cpu.data(), DType::Int32, shape, false, -1), connectivity, order,
+                                      nullptr);
   std::vector<int32_t> scratch(label_scratch_layout(shape).total, 12345);  // the kernels must not need it zeroed
   const int64_t flat[3] = {int64_t(scratch.size()), 1, 1};
-  const Volume src_gpu = volume(mask.data(), DType::UInt8, shape, false, 0),
+  const Volume src_gpu = volume(data, type, shape, false, 0),
                scratch_gpu = volume(scratch.data(), DType::Int32, flat, false, 0);
   const int64_t count_gpu = label_cuda(src_gpu, volume(gpu_out, DType::Int32, shape, false, 0), connectivity,
                                        scratch_gpu, nullptr, 0);
   if (count_cpu != count_gpu) fail("label count", it, 0);
   if (agree("label", it, cpu, std::vector<int32_t>(gpu_out, gpu_out + n)))
-    check_label_stats(it, mask, shape, connectivity, cpu, count_cpu, src_gpu, scratch_gpu);
+    check_label_stats(it, src_cpu, shape, connectivity, cpu, count_cpu, src_gpu, scratch_gpu);
 }
 
 // Tiles partly outside the image (gather), inside it (accumulate), then the argmax.
