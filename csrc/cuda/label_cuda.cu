@@ -42,6 +42,15 @@ __device__ __forceinline__ void coords(int n1, int n2, int64_t v, int& i, int& j
   j = int(row - unsigned(i) * unsigned(n1));
 }
 
+// (i, j, k) to the next position in raster order: a thread's 4 consecutive voxels or blocks take one
+// division, not 4.
+__device__ __forceinline__ void next_in_raster(int n1, int n2, int& i, int& j, int& k) {
+  if (++k == n2) {
+    k = 0;
+    if (++j == n1) j = 0, ++i;
+  }
+}
+
 // One union of a voxel or block, in kUnionOrder: the neighbour's offset, its index q in kNeighbours
 // (6-connectivity takes q < 3, 18 q < 9) and, between blocks, the bits of the facing voxels of the
 // block itself and of the neighbour.
@@ -172,24 +181,35 @@ __device__ __forceinline__ void load_voxels(const int* p, int64_t v0, int64_t n,
   for (int r = 0; r < kPerThread; ++r) x[r] = v0 + r < n ? p[v0 + r] : 0;
 }
 
+// The mask's values at voxels v0..v0+3 (0 from n on).
+template <typename T>
+__device__ __forceinline__ void load_values(const T* in, const Shape3& s, int64_t v0, int64_t n, T (&x)[kPerThread]) {
+  int i, j, k;
+  coords(s.n1, s.n2, v0, i, j, k);
+#pragma unroll
+  for (int r = 0; r < kPerThread; ++r) {
+    x[r] = v0 + r < n ? voxel(in, s, i, j, k) : T(0);
+    next_in_raster(s.n1, s.n2, i, j, k);
+  }
+}
+
+// x[q] for a q the compiler does not know: selects among registers, where indexing the array would
+// put it in local memory.
+template <typename T>
+__device__ __forceinline__ T pick(const T (&x)[kPerThread], int q) {
+  static_assert(kPerThread == 4, "pick() selects among 4");
+  return q == 0 ? x[0] : (q == 1 ? x[1] : (q == 2 ? x[2] : x[3]));
+}
+
 template <typename T>
 __global__ void init_kernel(const T* __restrict__ in, Shape3 s, int* out) {
   const int64_t n = int64_t(s.n0) * s.n1 * s.n2;
   for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
-    int i, j, k;
-    coords(s.n1, s.n2, v0, i, j, k);
-    bool on[kPerThread];
+    T values[kPerThread];
+    load_values(in, s, v0, n, values);
 #pragma unroll
     for (int r = 0; r < kPerThread; ++r) {
-      on[r] = v0 + r < n && voxel(in, s, i, j, k) != T(0);
-      if (++k == s.n2) {
-        k = 0;
-        if (++j == s.n1) j = 0, ++i;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kPerThread; ++r) {
-      if (v0 + r < n) out[v0 + r] = on[r] ? int(v0 + r + 1) : 0;
+      if (v0 + r < n) out[v0 + r] = values[r] != T(0) ? int(v0 + r + 1) : 0;
     }
   }
 }
@@ -207,14 +227,16 @@ __global__ void merge_kernel(const T* __restrict__ in, Shape3 s, int* out, int c
   const int count = connectivity == 6 ? 3 : (connectivity == 18 ? 9 : 13);
   const unsigned after_same_left = connectivity == 6 ? 0x7u : (connectivity == 18 ? kAfterSameLeft18 : kAfterSameLeft26);
   for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
-    int entry[kPerThread];
-    load_voxels(out, v0, n, entry);  // background stays 0 whatever the other threads' unions do
+    // The 4 voxels' values, from the mask: a quarter of the bytes of their int32 entries, which
+    // only told background (0) from foreground here.
+    T values[kPerThread];
+    load_values(in, s, v0, n, values);
     for (int q = 0; q < kPerThread; ++q) {
-      if (entry[q] == 0) continue;
+      const T val = pick(values, q);
+      if (val == T(0)) continue;
       const int v = int(v0 + q);
       int i, j, k;
       coords(s.n1, s.n2, v, i, j, k);
-      const T val = voxel(in, s, i, j, k);
       const unsigned todo = k > 0 && voxel(in, s, i, j, k - 1) == val ? after_same_left : 0x1fffu;
       int self = v;  // walks to this voxel's root start here
 #pragma unroll
@@ -274,10 +296,7 @@ __global__ void voxel_labels_kernel(int* out, Shape3 s, Sink sink) {
 #pragma unroll
       for (int r = 0; r < kPerThread; ++r) {
         sink.add(run, label[r], i, j, k);
-        if (++k == s.n2) {
-          k = 0;
-          if (++j == s.n1) j = 0, ++i;
-        }
+        next_in_raster(s.n1, s.n2, i, j, k);
       }
       sink.finish(run);
     }
@@ -373,10 +392,7 @@ __global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* paren
                             2 * bk + (q & 1) < g.s.n2;
         v[r][q] = inside ? value_at(in, g, bi, bj, bk, q) : T(0);
       }
-      if (++bk == g.b2) {
-        bk = 0;
-        if (++bj == g.b1) bj = 0, ++bi;
-      }
+      next_in_raster(g.b1, g.b2, bi, bj, bk);
     }
     unsigned four = 0;
 #pragma unroll
