@@ -176,11 +176,6 @@ __device__ __forceinline__ T voxel(const T* in, const Shape3& s, int i, int j, i
 constexpr int kPerThread = 4;
 __device__ __forceinline__ int64_t first_of_four() { return (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kPerThread; }
 __device__ __forceinline__ int64_t stride_of_four() { return int64_t(gridDim.x) * blockDim.x * kPerThread; }
-__device__ __forceinline__ void load_voxels(const int* p, int64_t v0, int64_t n, int (&x)[kPerThread]) {
-#pragma unroll
-  for (int r = 0; r < kPerThread; ++r) x[r] = v0 + r < n ? p[v0 + r] : 0;
-}
-
 // The mask's values at voxels v0..v0+3 (0 from n on).
 template <typename T>
 __device__ __forceinline__ void load_values(const T* in, const Shape3& s, int64_t v0, int64_t n, T (&x)[kPerThread]) {
@@ -191,6 +186,18 @@ __device__ __forceinline__ void load_values(const T* in, const Shape3& s, int64_
     x[r] = v0 + r < n ? voxel(in, s, i, j, k) : T(0);
     next_in_raster(s.n1, s.n2, i, j, k);
   }
+}
+
+// The union-find entries of voxels v0..v0+3, read only where the mask holds foreground (background
+// entries are 0, as the init pass left them): on a sparse mask a pass reads the mask's byte per
+// voxel instead of the entries' 4.
+template <typename T>
+__device__ __forceinline__ void load_entries(const T* in, const Shape3& s, const int* out, int64_t v0, int64_t n,
+                                             int (&entry)[kPerThread]) {
+  T values[kPerThread];
+  load_values(in, s, v0, n, values);
+#pragma unroll
+  for (int r = 0; r < kPerThread; ++r) entry[r] = values[r] != T(0) ? out[v0 + r] : 0;
 }
 
 // x[q] for a q the compiler does not know: selects among registers, where indexing the array would
@@ -255,10 +262,13 @@ __global__ void merge_kernel(const T* __restrict__ in, Shape3 s, int* out, int c
 
 // Every voxel to its root, and a start flag for each root, which is its component's first voxel (a
 // union keeps the smaller index as root).
-__global__ void voxel_compress_kernel(int* out, int64_t n, unsigned* starts) {
+template <typename T>
+__global__ void voxel_compress_kernel(const T* __restrict__ in, Shape3 s, int* out, unsigned* starts) {
+  const int64_t n = int64_t(s.n0) * s.n1 * s.n2;
   for (int64_t v0 = first_of_four(); v0 < n; v0 += stride_of_four()) {
     int entry[kPerThread];
-    load_voxels(out, v0, n, entry);
+    load_entries(in, s, out, v0, n, entry);
+#pragma unroll
     for (int r = 0; r < kPerThread; ++r) {
       const int v = int(v0 + r);
       if (entry[r] == 0) continue;
@@ -276,14 +286,14 @@ __global__ void voxel_compress_kernel(int* out, int64_t n, unsigned* starts) {
 // which their own threads make positive meanwhile: hence the magnitude. One pass, where walking to
 // the roots and then flipping the signs took two. The rounds start from the warp's first voxel, so
 // that the lanes of a warp run them together (the sink's warp sums).
-template <typename Sink>
-__global__ void voxel_labels_kernel(int* out, Shape3 s, Sink sink) {
+template <typename T, typename Sink>
+__global__ void voxel_labels_kernel(const T* __restrict__ in, Shape3 s, int* out, Sink sink) {
   const int64_t n = int64_t(s.n0) * s.n1 * s.n2;
   const int lane = threadIdx.x & 31;
   for (int64_t w0 = first_of_four() - kPerThread * lane; w0 < n; w0 += stride_of_four()) {
     const int64_t v0 = w0 + kPerThread * lane;
     int entry[kPerThread], label[kPerThread];
-    load_voxels(out, v0, n, entry);
+    load_entries(in, s, out, v0, n, entry);
 #pragma unroll
     for (int r = 0; r < kPerThread; ++r) {
       label[r] = entry[r] < 0 ? -entry[r] : (entry[r] > 0 ? abs(out[entry[r] - 1]) : 0);
@@ -667,10 +677,12 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
     const T* in = static_cast<const T*>(src.data);
     init_kernel<T><<<grid, 256, 0, stream>>>(in, s, out);
     merge_kernel<T><<<grid, 256, 0, stream>>>(in, s, out, connectivity);
+    voxel_compress_kernel<T><<<grid, 256, 0, stream>>>(in, s, out, starts);
+    number_starts(starts, flag_blocks, counts, NumberRootVoxel{out}, stream);
+    with_sink(stats, stream, [&](auto sink) {
+      voxel_labels_kernel<T, decltype(sink)><<<grid, 256, 0, stream>>>(in, s, out, sink);
+    });
   });
-  voxel_compress_kernel<<<grid, 256, 0, stream>>>(out, n, starts);
-  number_starts(starts, flag_blocks, counts, NumberRootVoxel{out}, stream);
-  with_sink(stats, stream, [&](auto sink) { voxel_labels_kernel<decltype(sink)><<<grid, 256, 0, stream>>>(out, s, sink); });
   return read_count(counts + flag_blocks, stream);
 }
 
