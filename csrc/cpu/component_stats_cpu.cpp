@@ -11,35 +11,72 @@
 namespace petfast {
 namespace {
 
+// The voxels of one label are summed in registers until the label changes (background skipped),
+// then added to the label's rows: adding each voxel to the rows in memory chained every add through
+// a store and a load, 6.5 ns a voxel on 50 % noise.
 template <typename T>
 void add_row(const int32_t* row, int64_t step, int64_t len, int64_t a, int64_t b, const T* img, int64_t img_step,
              int64_t count, double* acc, int32_t* box) {
-  for (int64_t k = 0; k < len; ++k) {
-    if (step == 1 && (k = first_nonzero(row, k, len)) >= len) break;
-    const int32_t l = row[k * step];
-    if (l <= 0 || l > count) {
-      if (l != 0) acc[1] += 1.0;  // a label outside 1..count: counted in row 0 (the caller raises)
-      continue;
-    }
-    double* s = acc + l * kStatsColumns;
-    s[0] += 1.0;
-    s[1] += double(a);
-    s[2] += double(b);
-    s[3] += double(k);
+  int32_t label = 0;
+  int64_t voxels = 0, k_min = 0, k_max = 0;
+  double sum_k = 0, sum = 0, max = -HUGE_VAL;
+  auto flush = [&] {
+    if (voxels == 0) return;
+    double* s = acc + label * kStatsColumns;
+    s[0] += double(voxels);
+    s[1] += double(a) * double(voxels);
+    s[2] += double(b) * double(voxels);
+    s[3] += sum_k;
     if (img) {
-      const double v = double(img[k * img_step]);
-      if (v != v) acc[0] += 1.0;  // NaN: counted in row 0 (the caller raises)
-      s[4] += v;
-      s[5] = std::max(s[5], v);
+      s[4] += sum;
+      s[5] = std::max(s[5], max);
     }
-    int32_t* x = box + l * 6;
+    int32_t* x = box + label * 6;
     x[0] = std::min<int32_t>(x[0], int32_t(a));
     x[1] = std::max<int32_t>(x[1], int32_t(a));
     x[2] = std::min<int32_t>(x[2], int32_t(b));
     x[3] = std::max<int32_t>(x[3], int32_t(b));
-    x[4] = std::min<int32_t>(x[4], int32_t(k));
-    x[5] = std::max<int32_t>(x[5], int32_t(k));
+    x[4] = std::min<int32_t>(x[4], int32_t(k_min));
+    x[5] = std::max<int32_t>(x[5], int32_t(k_max));
+  };
+  auto visit = [&](int64_t k, int32_t l) {
+    if (l <= 0 || l > count) {
+      acc[1] += 1.0;  // a label outside 1..count: counted in row 0 (the caller raises)
+      return;
+    }
+    if (l != label) {
+      flush();
+      label = l, voxels = 0, k_min = k, sum_k = 0, sum = 0, max = -HUGE_VAL;
+    }
+    ++voxels;
+    k_max = k;
+    sum_k += double(k);
+    if (img) {
+      const double v = double(img[k * img_step]);
+      if (v != v) acc[0] += 1.0;  // NaN: counted in row 0 (the caller raises)
+      sum += v;
+      max = std::max(max, v);
+    }
+  };
+  if (step == 1) {
+    // Background is skipped 16 values at a time; from each labelled voxel on, the next 64 are read
+    // as bits and visited with count-trailing-zeros: no branch per voxel on whether it is
+    // background, which on noise is mispredicted half the time.
+    for (int64_t c0 = first_nonzero(row, 0, len); c0 < len; c0 = first_nonzero(row, c0, len)) {
+      const int64_t m = std::min<int64_t>(64, len - c0);
+      uint64_t bits = 0;
+      for (int64_t q = 0; q < m; ++q) bits |= uint64_t(row[c0 + q] != 0) << q;
+      for (; bits; bits &= bits - 1) {
+        const int64_t k = c0 + __builtin_ctzll(bits);
+        visit(k, row[k]);
+      }
+      c0 += m;
+    }
+  } else {
+    for (int64_t k = 0; k < len; ++k)
+      if (row[k * step] != 0) visit(k, row[k * step]);
   }
+  flush();
 }
 
 }  // namespace
