@@ -12,8 +12,9 @@ namespace petfast {
 namespace {
 
 // The voxels of one label are summed in registers until the label changes (background skipped),
-// then added to the label's rows: adding each voxel to the rows in memory chained every add through
-// a store and a load, 6.5 ns a voxel on 50 % noise.
+// then added to the label's rows, and the labelled voxels are visited as bits (below). On 50 % noise
+// the per-voxel branch on background, mispredicted half the time, cost most of the 6 ns a voxel this
+// took (155 -> 38 ms on a whole-body volume; the sums in registers alone gained about 10 %).
 template <typename T>
 void add_row(const int32_t* row, int64_t step, int64_t len, int64_t a, int64_t b, const T* img, int64_t img_step,
              int64_t count, double* acc, int32_t* box) {
