@@ -1,8 +1,6 @@
 // CPU twin of cuda/component_stats_cuda.cu: one pass over the labels accumulating, per label, the
 // voxel count, coordinate sums, bounding box and (with an image) intensity sum and maximum.
 #include <algorithm>
-#include <cstdlib>
-#include <limits>
 #include <vector>
 
 #include "cpu/stats_rows.h"

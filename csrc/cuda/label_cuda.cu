@@ -168,7 +168,7 @@ __device__ __forceinline__ T voxel(const T* in, const Shape3& s, int i, int j, i
   return in[i * s.s0 + j * s.s1 + k * s.s2];
 }
 
-// The voxel path's passes and the block path's merge, compress and mark give each thread 4
+// The voxel path's passes and the block path's init, merge, compress and mark give each thread 4
 // consecutive voxels or blocks and load all 4 before using any.
 // With one voxel per thread an H200 holds about 1 MB of loads in flight (2048 threads x 132 SMs x 4
 // bytes), a third of what its memory needs to stream: each pass over the int32 labels took ~0.2 ms
