@@ -35,4 +35,15 @@ inline unsigned int grid_dim(int64_t blocks, int64_t limit) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(blocks, limit)));
 }
 
+// CUDA blocks of `threads` threads that fill the current device's multiprocessors once: the grid
+// of a kernel whose blocks loop over the work and add what they carried at the end (the
+// statistics' runs), so that it adds once per resident block rather than once per piece of work.
+inline int64_t resident_blocks(int threads) {
+  int device = 0, sms = 0, per_sm = 0;
+  cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+  cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "multiprocessor count");
+  cuda_check(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device), "threads per multiprocessor");
+  return int64_t(sms) * std::max(1, per_sm / threads);
+}
+
 }  // namespace petfast

@@ -151,15 +151,23 @@ struct StatsSink {
     if (label <= 0 || label > capacity) return;
     if (label != r.label) {
       if (r.voxels) add_run(r, image != nullptr, acc, box);
-      r = Run();
-      r.label = label;
+      r = Run::of(label);
     }
     r.add(i, j, k);
     if (image) r.add_value(double(image[i * s0 + j * s1 + k * s2]));
   }
-  // Every lane of the warp calls it, once per round.
-  __device__ void finish(const Run& r) const { add_warp_runs(r, image != nullptr, acc, box); }
+  // Every lane of the warp calls it, once per round; `carry` is the warp's carried run.
+  __device__ void finish(const Run& r, Run& carry) const { add_warp_runs(r, image != nullptr, acc, box, carry); }
+  // Every thread of the block calls it, at the end of the kernel.
+  __device__ void finish_block(Run* carries) const { add_carried_runs(carries, image != nullptr, acc, box); }
 };
+
+// The grid of a labeller's last pass: `blocks` (one per piece of work) without statistics; with
+// them, the blocks that fit on the device at once, which loop over the work carrying their runs.
+template <typename Sink>
+unsigned last_pass_blocks(int64_t blocks, int threads) {
+  return Sink::kOn ? grid_dim(blocks, resident_blocks(threads)) : unsigned(blocks);
+}
 
 // ---- voxel path --------------------------------------------------------------------------------
 
@@ -288,6 +296,8 @@ __global__ void voxel_compress_kernel(const T* __restrict__ in, Shape3 s, int* o
 // that the lanes of a warp run them together (the sink's warp sums).
 template <typename T, typename Sink>
 __global__ void voxel_labels_kernel(const T* __restrict__ in, Shape3 s, int* out, Sink sink) {
+  __shared__ Run carries[Sink::kOn ? kMaxWarps : 1];
+  if constexpr (Sink::kOn) clear_carry(carries);
   const int64_t n = int64_t(s.n0) * s.n1 * s.n2;
   const int lane = threadIdx.x & 31;
   for (int64_t w0 = first_of_four() - kPerThread * lane; w0 < n; w0 += stride_of_four()) {
@@ -300,7 +310,7 @@ __global__ void voxel_labels_kernel(const T* __restrict__ in, Shape3 s, int* out
       if (entry[r] != 0) out[v0 + r] = label[r];
     }
     if constexpr (Sink::kOn) {
-      Run run;
+      Run run = Run::of(0);
       int i, j, k;
       coords(s.n1, s.n2, v0, i, j, k);
 #pragma unroll
@@ -308,9 +318,10 @@ __global__ void voxel_labels_kernel(const T* __restrict__ in, Shape3 s, int* out
         sink.add(run, label[r], i, j, k);
         next_in_raster(s.n1, s.n2, i, j, k);
       }
-      sink.finish(run);
+      sink.finish(run, carries[warp_in_block()]);
     }
   }
+  if constexpr (Sink::kOn) sink.finish_block(carries);
 }
 
 // ---- scans ---------------------------------------------------------------------------------------
@@ -561,40 +572,46 @@ void number_starts(const unsigned* starts, int64_t flag_blocks, int* counts, Ass
   number_starts_kernel<Assign><<<unsigned(flag_blocks), kScanBlock, 0, stream>>>(flags, counts, assign);
 }
 
-// One CUDA block per row (bi, bj) of 2x2x2 blocks, a thread per block: it loads the block's label
-// once and writes the block's voxels in the 4 voxel rows the block row covers, two neighbours along
-// k as one 8-byte store where the rows allow it (coalesced, no per-voxel division). A CUDA block per
-// voxel row loaded each label 8 times, in 4x as many short CUDA blocks. The rounds start from the
-// warp's first block, so that the lanes of a warp run them together (the sink's warp sums).
+// A CUDA block per row (bi, bj) of 2x2x2 blocks (with statistics, the blocks loop over the rows),
+// a thread per block: it loads the block's label once and writes the block's voxels in the 4 voxel
+// rows the block row covers, two neighbours along k as one 8-byte store where the rows allow it
+// (coalesced, no per-voxel division). A CUDA block per voxel row loaded each label 8 times, in 4x as
+// many short CUDA blocks. The rounds start from the warp's first block, so that the lanes of a warp
+// run them together (the sink's warp sums).
 template <typename Sink>
 __global__ void block_labels_kernel(Blocks g, const int* __restrict__ parent, const uint8_t* __restrict__ occupancy,
                                     const int* __restrict__ label_of_root, int* out, bool pairs, Sink sink) {
-  const int brow = blockIdx.x, bi = brow / g.b1, bj = brow - bi * g.b1;
-  for (int base = threadIdx.x & ~31; base < g.b2; base += blockDim.x) {
-    const int bk = base + (threadIdx.x & 31), b = brow * g.b2 + bk;
-    const unsigned bits = bk < g.b2 ? occupancy[b] : 0u;
-    const int label = bits ? label_of_root[parent[b] - 1] : 0;
-    if constexpr (Sink::kOn) {
-      Run run;
-      for (int q = 0; q < 8; ++q)
-        if ((bits >> q) & 1u) sink.add(run, label, 2 * bi + (q >> 2), 2 * bj + ((q >> 1) & 1), 2 * bk + (q & 1));
-      sink.finish(run);
-    }
-    if (bk >= g.b2) continue;
-    for (int di = 0; di < 2 && 2 * bi + di < g.s.n0; ++di) {
-      for (int dj = 0; dj < 2 && 2 * bj + dj < g.s.n1; ++dj) {
-        int* voxels = out + (int64_t(2 * bi + di) * g.s.n1 + 2 * bj + dj) * g.s.n2 + 2 * bk;
-        const unsigned row_bits = bits >> (4 * di + 2 * dj);
-        const int first = row_bits & 1u ? label : 0, second = row_bits & 2u ? label : 0;
-        if (pairs) {
-          *reinterpret_cast<int2*>(voxels) = make_int2(first, second);
-        } else {
-          voxels[0] = first;
-          if (2 * bk + 1 < g.s.n2) voxels[1] = second;
+  __shared__ Run carries[Sink::kOn ? kMaxWarps : 1];
+  if constexpr (Sink::kOn) clear_carry(carries);
+  for (int brow = blockIdx.x; brow < g.b0 * g.b1; brow += gridDim.x) {
+    const int bi = brow / g.b1, bj = brow - bi * g.b1;
+    for (int base = threadIdx.x & ~31; base < g.b2; base += blockDim.x) {
+      const int bk = base + (threadIdx.x & 31), b = brow * g.b2 + bk;
+      const unsigned bits = bk < g.b2 ? occupancy[b] : 0u;
+      const int label = bits ? label_of_root[parent[b] - 1] : 0;
+      if constexpr (Sink::kOn) {
+        Run run = Run::of(0);
+        for (int q = 0; q < 8; ++q)
+          if ((bits >> q) & 1u) sink.add(run, label, 2 * bi + (q >> 2), 2 * bj + ((q >> 1) & 1), 2 * bk + (q & 1));
+        sink.finish(run, carries[warp_in_block()]);
+      }
+      if (bk >= g.b2) continue;
+      for (int di = 0; di < 2 && 2 * bi + di < g.s.n0; ++di) {
+        for (int dj = 0; dj < 2 && 2 * bj + dj < g.s.n1; ++dj) {
+          int* voxels = out + (int64_t(2 * bi + di) * g.s.n1 + 2 * bj + dj) * g.s.n2 + 2 * bk;
+          const unsigned row_bits = bits >> (4 * di + 2 * dj);
+          const int first = row_bits & 1u ? label : 0, second = row_bits & 2u ? label : 0;
+          if (pairs) {
+            *reinterpret_cast<int2*>(voxels) = make_int2(first, second);
+          } else {
+            voxels[0] = first;
+            if (2 * bk + 1 < g.s.n2) voxels[1] = second;
+          }
         }
       }
     }
   }
+  if constexpr (Sink::kOn) sink.finish_block(carries);
 }
 
 unsigned int blocks_for(int64_t n) { return grid_dim((n + 255) / 256, 1 << 20); }
@@ -664,7 +681,8 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
       number_starts(starts, flag_blocks, counts, NumberRootBlock{g, parent, first}, stream);
       const bool pairs = s.n2 % 2 == 0 && reinterpret_cast<uintptr_t>(out) % alignof(int2) == 0;
       with_sink(stats, stream, [&](auto sink) {
-        block_labels_kernel<decltype(sink)><<<unsigned(g.b0) * unsigned(g.b1), 128, 0, stream>>>(
+        using Sink = decltype(sink);
+        block_labels_kernel<Sink><<<last_pass_blocks<Sink>(int64_t(g.b0) * g.b1, 128), 128, 0, stream>>>(
             g, parent, occupancy, first, out, pairs, sink);
       });
       return read_count(counts + flag_blocks, stream);
@@ -680,7 +698,8 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
     voxel_compress_kernel<T><<<grid, 256, 0, stream>>>(in, s, out, starts);
     number_starts(starts, flag_blocks, counts, NumberRootVoxel{out}, stream);
     with_sink(stats, stream, [&](auto sink) {
-      voxel_labels_kernel<T, decltype(sink)><<<grid, 256, 0, stream>>>(in, s, out, sink);
+      using Sink = decltype(sink);
+      voxel_labels_kernel<T, Sink><<<last_pass_blocks<Sink>(grid, 256), 256, 0, stream>>>(in, s, out, sink);
     });
   });
   return read_count(counts + flag_blocks, stream);

@@ -174,7 +174,7 @@ def _labels(labels) -> _arrays.Array:
 
 def _spacing(spacing) -> np.ndarray:
     s = np.asarray(spacing, dtype=np.float64).reshape(-1)
-    if s.shape != (3,) or not np.all(np.isfinite(s)) or np.any(s <= 0):
+    if s.shape != (3,) or not all(math.isfinite(v) and v > 0 for v in s.tolist()):
         raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {spacing!r}")
     return s
 
@@ -210,15 +210,11 @@ def _stats_tables(like: _arrays.Array, rows: int):
     """(table, acc, box): one buffer on like's device holding both statistics tables, per row 6
     float64 sums, then per row 6 int32 box bounds (acc and box: their views as the ops take them),
     so that a CUDA call copies its results back once, with one wait."""
-    table = _arrays.empty(like, (rows * 9,), np.float64).obj
-    if _arrays._is_torch(table):
-        import torch
-
-        box = table[rows * 6:].view(torch.int32)
-    else:
-        box = table[rows * 6:].view(np.int32)
-    return (table, _arrays.adapt(table[:rows * 6].reshape(rows, 6, 1), "statistics"),
-            _arrays.adapt(box.reshape(rows, 6, 1), "bounding boxes"))
+    table = _arrays.empty(like, (rows * 9,), np.float64)
+    acc = _arrays.Array(table.obj, table.kind, np.dtype(np.float64), (rows, 6, 1), (6, 1, 1), table.ptr, table.device)
+    box = _arrays.Array(table.obj, table.kind, np.dtype(np.int32), (rows, 6, 1), (6, 1, 1), table.ptr + rows * 6 * 8,
+                        table.device)
+    return table.obj, acc, box
 
 
 def _stats(labels, count, image=None, spacing=(1.0, 1.0, 1.0)) -> ComponentStats:

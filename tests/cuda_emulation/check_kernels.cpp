@@ -2,10 +2,12 @@
 // prefilter and axis convolution, resampling), compiled for the host against the emulated runtime
 // in this folder, against their CPU twins on random cases. Exit status 0 when every case agrees.
 //   check_kernels CASES SEED
+//   check_kernels atomics      (the statistics' atomics on one address, on one large component)
 #include <cuda_runtime.h>
 
 #include <cstdio>
 #include <random>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -303,9 +305,58 @@ void check_resample(int it) {
   agree("resample", it, out_cpu, out_gpu, 1e-5f);
 }
 
+// One component filling a 16 x 48 x 300 volume (768 rows), with an image: its statistics by
+// component_stats_cuda and by both labeller paths, checked against component_stats_cpu, and the
+// most atomics any of them made on one address of the tables. Every one of them goes to the
+// component's row; how many queue there is what decides the speed on a GPU.
+int count_atomics() {
+  const int64_t shape[3] = {16, 48, 300}, n = shape[0] * shape[1] * shape[2];
+  std::vector<uint8_t> mask(n, 1);
+  std::vector<int32_t> labels(n, 1), out(n);
+  std::vector<float> image(n);
+  for (auto& v : image) v = float(ri(0, 1000)) / 8.f;
+  std::vector<double> want_acc(2 * kStatsColumns), acc(want_acc.size());
+  std::vector<int32_t> want_box(12), box(12), scratch(label_scratch_layout(shape).total);
+  const int64_t flat[3] = {int64_t(scratch.size()), 1, 1};
+  const Volume image_cpu = volume(image.data(), DType::Float32, shape, false, -1);
+  Volume image_gpu = image_cpu;
+  image_gpu.device = 0;
+  component_stats_cpu(volume(labels.data(), DType::Int32, shape, false, -1), &image_cpu, 1, want_acc.data(), want_box.data());
+  auto most = [&] {
+    long long m = 0;
+    for (const auto& kv : emu::atomics) {
+      const char* a = static_cast<const char*>(kv.first);
+      const bool tables = (a >= reinterpret_cast<const char*>(acc.data()) && a < reinterpret_cast<const char*>(acc.data() + acc.size())) ||
+                          (a >= reinterpret_cast<const char*>(box.data()) && a < reinterpret_cast<const char*>(box.data() + box.size()));
+      if (tables) m = std::max(m, kv.second);
+    }
+    emu::atomics.clear();
+    return m;
+  };
+  emu::counting = true;
+  component_stats_cuda(volume(labels.data(), DType::Int32, shape, false, 0), &image_gpu, 1, acc.data(), box.data(), 0);
+  const long long stats = most();
+  agree("component_stats, one component", 0, want_acc, acc, 1e-9, 1000);
+  agree("component_stats box, one component", 0, want_box, box);
+  long long paths[2];
+  for (int p = 0; p < 2; ++p) {  // 26-connectivity: the block path; 18: the voxel path
+    const LabelStats st{&image_gpu, acc.data(), box.data(), 1};
+    label_cuda(volume(mask.data(), DType::UInt8, shape, false, 0), volume(out.data(), DType::Int32, shape, false, 0),
+               p == 0 ? 26 : 18, volume(scratch.data(), DType::Int32, flat, false, 0), &st, 0);
+    paths[p] = most();
+    agree(p == 0 ? "label statistics, block path" : "label statistics, voxel path", 0, want_acc, acc, 1e-9, 1000);
+    agree(p == 0 ? "label statistics box, block path" : "label statistics box, voxel path", 0, want_box, box);
+  }
+  emu::counting = false;
+  std::printf("%lld rows; most atomics on one address: component_stats %lld, block path %lld, voxel path %lld\n",
+              shape[0] * shape[1], stats, paths[0], paths[1]);
+  return failures != 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "atomics") return count_atomics();
   const int iterations = argc > 1 ? std::atoi(argv[1]) : 40;
   rng.seed(argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 0);
   emu::rng.seed(rng());

@@ -4,8 +4,10 @@
 // A launch runs its blocks one after another and each block's threads as fibers (ucontext): the
 // scheduler resumes a random runnable thread, __syncthreads waits for the whole block, a warp
 // shuffle or vote for the warp's live lanes, and every atomic first yields, so that unions and finds of
-// different threads interleave as on a GPU. Not modelled: a GPU's weak memory ordering (loads here
-// are never stale), warp divergence rules beyond the shuffle barrier, launch limits, and speed.
+// different threads interleave as on a GPU (and is counted per address while emu::counting is on).
+// The device has 2 multiprocessors, so that grids sized to the device loop over their work.
+// Not modelled: a GPU's weak memory ordering (loads here are never stale), warp divergence rules
+// beyond the shuffle barrier, launch limits, and speed.
 #pragma once
 #include <ucontext.h>
 
@@ -18,6 +20,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <unordered_map>
 #include <vector>
 #define __global__
 #define __device__
@@ -37,10 +40,16 @@ inline dim3 blockIdx, threadIdx, blockDim, gridDim;
 typedef int cudaError_t;
 typedef void* cudaStream_t;
 enum { cudaSuccess = 0, cudaMemcpyDeviceToHost = 2, cudaMemcpyHostToDevice = 1 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxThreadsPerMultiProcessor = 39 };
 inline const char* cudaGetErrorString(cudaError_t) { return "emulated"; }
 inline cudaError_t cudaGetLastError() { return 0; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return 0; }
 inline cudaError_t cudaSetDevice(int) { return 0; }
+// A small device, 2 multiprocessors of 2048 threads: grids sized to the device loop many times.
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
+  *v = a == cudaDevAttrMultiProcessorCount ? 2 : 2048;
+  return 0;
+}
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) { std::memset(p, v, n); return 0; }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, int, cudaStream_t = nullptr) { std::memcpy(d, s, n); return 0; }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return 0; }
@@ -156,8 +165,17 @@ template <typename K, typename... A>
 void launch(K kernel, unsigned grid, dim3 block, int s, cudaStream_t st, A... args) {
   launch(kernel, dim3(grid), block, s, st, args...);
 }
-inline void preemption_point() {
+// With counting on, the number of atomics on each address (see most_atomics_on_one_address).
+inline bool counting = false;
+inline std::unordered_map<const void*, long long> atomics;
+inline void preemption_point(const void* address) {
+  if (counting) ++atomics[address];
   if (current) yield(kReady);
+}
+inline long long most_atomics_on_one_address() {
+  long long m = 0;
+  for (const auto& kv : atomics) m = std::max(m, kv.second);
+  return m;
 }
 }  // namespace emu
 
@@ -203,13 +221,13 @@ template <typename T>
 T __shfl_down_sync(unsigned, T v, int d) { return emu::shuffle(v, emu::current->lane + d); }
 template <typename T>
 T __ldg(const T* p) { return *p; }
-inline int atomicMin(int* p, int v) { emu::preemption_point(); int o = *p; *p = std::min(o, v); return o; }
-inline int atomicMax(int* p, int v) { emu::preemption_point(); int o = *p; *p = std::max(o, v); return o; }
-inline int atomicAdd(int* p, int v) { emu::preemption_point(); int o = *p; *p += v; return o; }
-inline unsigned atomicOr(unsigned* p, unsigned v) { emu::preemption_point(); unsigned o = *p; *p |= v; return o; }
-inline double atomicAdd(double* p, double v) { emu::preemption_point(); double o = *p; *p += v; return o; }
+inline int atomicMin(int* p, int v) { emu::preemption_point(p); int o = *p; *p = std::min(o, v); return o; }
+inline int atomicMax(int* p, int v) { emu::preemption_point(p); int o = *p; *p = std::max(o, v); return o; }
+inline int atomicAdd(int* p, int v) { emu::preemption_point(p); int o = *p; *p += v; return o; }
+inline unsigned atomicOr(unsigned* p, unsigned v) { emu::preemption_point(p); unsigned o = *p; *p |= v; return o; }
+inline double atomicAdd(double* p, double v) { emu::preemption_point(p); double o = *p; *p += v; return o; }
 inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long c, unsigned long long v) {
-  emu::preemption_point(); unsigned long long o = *p; if (o == c) *p = v; return o;
+  emu::preemption_point(p); unsigned long long o = *p; if (o == c) *p = v; return o;
 }
 inline long long __double_as_longlong(double d) { long long r; std::memcpy(&r, &d, 8); return r; }
 inline double __longlong_as_double(long long l) { double r; std::memcpy(&r, &l, 8); return r; }
