@@ -77,7 +77,7 @@ def label(mask, connectivity: int = 26):
     (labels, count): int32 labels 1..count (0 background) of the input's kind and device, and the
     number of components.
     """
-    labels, count, _ = _label(mask, connectivity)
+    labels, count, _, _ = _label(mask, connectivity)
     return labels, count
 
 
@@ -91,15 +91,16 @@ def label_with_stats(mask, image=None, spacing=(1.0, 1.0, 1.0), connectivity: in
     (i, j, k)) as there.
     """
     sp = _spacing(spacing)
-    labels, count, table = _label(mask, connectivity, image, stats=True)
-    if count > _LABEL_STATS_ROWS:
-        return labels, count, _stats(labels, count, image, sp)
+    labels, count, table, img = _label(mask, connectivity, image, stats=True)
+    if count > _LABEL_STATS_ROWS:  # the image as the labeller read it: a CUDA copy is not made twice
+        return labels, count, _stats(labels, count, img, sp)
     return labels, count, _stats_from_table(_to_numpy(table), _LABEL_STATS_ROWS + 1, count, sp, image is not None)
 
 
 def _label(mask, connectivity, image=None, stats=False):
-    """(labels, count, statistics table or None) for label() and label_with_stats(): with ``stats``
-    the table (see _stats_tables) of _LABEL_STATS_ROWS + 1 rows, filled when count fits it."""
+    """(labels, count, statistics table or None, image checked or None) for label() and
+    label_with_stats(): with ``stats`` the table (see _stats_tables) of _LABEL_STATS_ROWS + 1 rows,
+    filled when count fits it."""
     src = _arrays.c_order_on_cuda(_mask(mask))
     if connectivity not in _CONNECTIVITIES:
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
@@ -111,13 +112,13 @@ def _label(mask, connectivity, image=None, stats=False):
     else:
         out = _arrays.empty(src, src.shape, np.int32, axis_order=_arrays.memory_order(src), zeroed=True)
         scratch = None
-    table, tables = None, {}
+    table, tables, img = None, {}, None
     if stats:
         img = None if image is None else _image(image, src, "mask")
         table, acc, box = _stats_tables(src, _LABEL_STATS_ROWS + 1)
         tables = {"image": img.spec() if img else None, "acc": acc.spec(), "box": box.spec()}
     count = _C.label(src.spec(), out.spec(), connectivity, scratch, src.stream(), **tables)
-    return out.obj, int(count), table
+    return out.obj, int(count), table, img
 
 
 def _binary_mask(x, name):
@@ -197,8 +198,9 @@ def component_stats(labels, image=None, spacing=(1.0, 1.0, 1.0), count=None) -> 
 
 def _image(image, like: _arrays.Array, like_name: str) -> _arrays.Array:
     """The image checked against the labels or mask it goes with (shape, device); a bool image (another
-    mask, whose ``sum`` then counts the overlap) is read as 0/1 bytes."""
-    img = _arrays.c_order_on_cuda(_arrays.adapt(_bool_as_uint8(image), "image"))
+    mask, whose ``sum`` then counts the overlap) is read as 0/1 bytes. An image _image() returned
+    already is taken as it is."""
+    img = image if isinstance(image, _arrays.Array) else _arrays.c_order_on_cuda(_arrays.adapt(_bool_as_uint8(image), "image"))
     if img.shape != like.shape:
         raise ValueError(f"image shape {img.shape} differs from {like_name} shape {like.shape}")
     if img.device != like.device:
