@@ -113,6 +113,27 @@ def test_layouts_and_threads_give_identical_labels(connectivity, rng):
         petfast.set_num_threads(before)
 
 
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_many_slabs_join_across_their_boundaries(connectivity, rng):
+    # 16 threads' slabs of 8 planes: 15 boundary planes, whose rows are joined by all threads at
+    # once in one union-find table. Densities below, near and above the percolation threshold, so
+    # that components span few or all slabs, and a multi-label map (neighbours of another value
+    # stay apart across a boundary too).
+    shape = (128, 64, 64)
+    masks = [(rng.random(shape) < d).astype(np.uint8) for d in (0.15, 0.3, 0.6)]
+    masks.append((rng.random(shape) < 0.7) * rng.integers(1, 4, shape).astype(np.int16))
+    before = petfast.get_num_threads()
+    try:
+        petfast.set_num_threads(16)
+        for mask in masks:
+            expected = reference(mask, connectivity)
+            for _ in range(3):  # the threads' unions interleave differently from run to run
+                labels, count = petfast.label(mask, connectivity)
+                np.testing.assert_array_equal(labels, expected)
+    finally:
+        petfast.set_num_threads(before)
+
+
 def test_fortran_input_keeps_its_layout(rng):
     mask = np.asfortranarray((rng.random((10, 11, 12)) < 0.3).astype(np.uint8))
     labels, _ = petfast.label(mask)

@@ -44,8 +44,25 @@ inline int32_t link_roots(std::vector<int32_t>& parent, int32_t root, int32_t ot
   return root;
 }
 
-inline void unite(std::vector<int32_t>& parent, int32_t a, int32_t b) {
-  link_roots(parent, find_root(parent, a), find_root(parent, b));
+// Joins the trees of a and b while other threads join others in the same table, as the CUDA twin
+// does: entries are read and replaced with atomics, only a root is ever re-pointed, and always to a
+// smaller root, so a walk always ends; a root that another thread re-pointed meanwhile fails the
+// compare-and-swap, and the walk goes on from where it points now. No path compression here.
+inline int32_t find_root_shared(const int32_t* parent, int32_t x) {
+  for (int32_t p; (p = __atomic_load_n(parent + x, __ATOMIC_RELAXED)) != x;) x = p;
+  return x;
+}
+
+inline void unite_shared(int32_t* parent, int32_t a, int32_t b) {
+  while (true) {
+    a = find_root_shared(parent, a);
+    b = find_root_shared(parent, b);
+    if (a == b) return;
+    if (a > b) std::swap(a, b);
+    int32_t expected = b;  // b still a root: hang it under a
+    if (__atomic_compare_exchange_n(parent + b, &expected, a, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return;
+    b = expected;
+  }
 }
 
 struct Offset {
@@ -384,21 +401,51 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
   parent[0] = 0;
   for (int t = 0; t < threads; ++t)
     for (size_t l = 1; l < parents[t].size(); ++l) parent[offset[t] + l] = int32_t(offset[t] + parents[t][l]);
-  for (int t = 1; t < threads; ++t) {
-    const int64_t a = slab[t];
-    for (int64_t b = 0; b < nb; ++b)
+  // The boundaries' rows in parallel, every thread's unions in the one table (unite_shared): one
+  // thread walking every boundary plane took 4.7 ms a plane on 50 % noise, 74 ms of 16 threads'
+  // run. A voxel of plane slab[t] joins its neighbours in plane slab[t] - 1 that match its value,
+  // less those that are joined already: neighbours adjacent to one that matched (they met in their
+  // own slab), and, when the voxel before it on the row holds its value, those that voxel joined.
+  int up[NN], ups = 0;
+  for (int q = 0; q < NN; ++q)
+    if (offs[q].da == -1) up[ups++] = q;
+  uint32_t up_covers[NN] = {}, after_same_left = 0;  // bits over up[]
+  for (int u = 0; u < ups; ++u) {
+    const Offset& d = offs[up[u]];
+    for (int v = 0; v < ups; ++v)
+      if (covers[up[u]] >> up[v] & 1u) up_covers[u] |= 1u << v;
+    if (!adjacent(Offset{d.da, d.db, d.dc + 1}, connectivity)) after_same_left |= 1u << u;
+  }
+  parallel_for((threads - 1) * nb, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int t = int(1 + r / nb);
+      const int64_t a = slab[t], b = r % nb;
+      if (!row_has_fg[a * nb + b]) continue;
+      const T* row = in + a * sa + b * sb;
+      const int32_t* orow = out + (a * nb + b) * nc;
+      int32_t last_mine = 0, last_theirs = 0;  // the last union made: runs repeat it
+      T left = T(0);
       for (int64_t c = 0; c < nc; ++c) {
-        const T val = in[a * sa + b * sb + c * sc];
+        const T val = row[c * sc];
+        const uint32_t todo = val == left ? after_same_left : (1u << ups) - 1;
+        left = val;
         if (val == T(0)) continue;
-        const int32_t mine = int32_t(offset[t] + out[(a * nb + b) * nc + c]);
-        for (const Offset& n : hood.offsets) {
-          if (n.da == 0) continue;
-          const int64_t b2 = b + n.db, c2 = c + n.dc;
-          if (b2 < 0 || b2 >= nb || c2 < 0 || c2 >= nc || in[(a - 1) * sa + b2 * sb + c2 * sc] != val) continue;
-          unite(parent, mine, int32_t(offset[t - 1] + out[((a - 1) * nb + b2) * nc + c2]));
+        const int32_t mine = int32_t(offset[t] + orow[c]);
+        uint32_t covered = 0;
+        for (int u = 0; u < ups; ++u) {
+          if (!(todo >> u & 1u) || covered >> u & 1u) continue;
+          const Offset& d = offs[up[u]];
+          const int64_t b2 = b + d.db, c2 = c + d.dc;
+          if (b2 < 0 || b2 >= nb || c2 < 0 || c2 >= nc || row[in_step[up[u]] + c * sc] != val) continue;
+          covered |= up_covers[u];
+          const int32_t theirs = int32_t(offset[t - 1] + out[((a - 1) * nb + b2) * nc + c2]);
+          if (mine == last_mine && theirs == last_theirs) continue;
+          last_mine = mine, last_theirs = theirs;
+          unite_shared(parent.data(), mine, theirs);
         }
       }
-  }
+    }
+  });
   // 3. Roots (each component's first provisional label, so its first voxel in walk order) get 1..N.
   std::vector<int32_t> final_label(parent.size(), 0);
   int32_t count = 0;
