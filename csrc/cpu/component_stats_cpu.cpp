@@ -101,20 +101,24 @@ StatsTables::StatsTables(int64_t count) : acc((count + 1) * kStatsColumns), box(
 }
 
 void merge_stats(const std::vector<StatsTables>& parts, int64_t count, double* acc, int32_t* box) {
-  for (int64_t l = 0; l <= count; ++l) init_stats_row(l, acc, box);
-  for (const StatsTables& part : parts)
-    for (int64_t l = 0; l <= count; ++l) {  // row 0 too: its NaN and out-of-range counts
-      double* a = acc + l * kStatsColumns;
-      const double* p = part.acc.data() + l * kStatsColumns;
-      for (int c = 0; c < 5; ++c) a[c] += p[c];
-      a[5] = std::max(a[5], p[5]);
-      int32_t* b = box + l * 6;
-      const int32_t* q = part.box.data() + l * 6;
-      for (int c = 0; c < 6; c += 2) {
-        b[c] = std::min(b[c], q[c]);
-        b[c + 1] = std::max(b[c + 1], q[c + 1]);
+  // Rows in parallel: with a table per thread of tens of MB (noise's components), one thread
+  // merging them all would undo the threads' gain.
+  parallel_for(count + 1, 4096, [&](int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; ++l) init_stats_row(l, acc, box);
+    for (const StatsTables& part : parts)
+      for (int64_t l = l0; l < l1; ++l) {  // row 0 too: its NaN and out-of-range counts
+        double* a = acc + l * kStatsColumns;
+        const double* p = part.acc.data() + l * kStatsColumns;
+        for (int c = 0; c < 5; ++c) a[c] += p[c];
+        a[5] = std::max(a[5], p[5]);
+        int32_t* b = box + l * 6;
+        const int32_t* q = part.box.data() + l * 6;
+        for (int c = 0; c < 6; c += 2) {
+          b[c] = std::min(b[c], q[c]);
+          b[c + 1] = std::max(b[c + 1], q[c + 1]);
+        }
       }
-    }
+  });
 }
 
 void stats_to_logical_axes(const int* order, int64_t count, double* acc, int32_t* box) {
@@ -151,17 +155,21 @@ void component_stats_cpu(const Volume& logical_labels, const Volume* logical_ima
         add_stats_row(lab + i * labels.strides[0] + j * labels.strides[1], labels.strides[2], labels.shape[2], i, j,
                       image, count, a, b);
   };
-  // Private tables per thread when they are small next to the volume; else one thread.
+  // Private tables per thread, as many threads as 64 MB of them allow (noise's hundreds of
+  // thousands of components: a few), and none when a table outweighs the labels.
   const int64_t per_thread_bytes = (count + 1) * (kStatsColumns * 8 + 24);
-  int threads = int(std::min<int64_t>(get_num_threads(), n0));
-  if (per_thread_bytes * threads > 64 * (int64_t(1) << 20) || per_thread_bytes > labels.size()) threads = 1;
+  int threads = int(std::min<int64_t>({int64_t(get_num_threads()), n0, std::max<int64_t>(1, (int64_t(64) << 20) / per_thread_bytes)}));
+  if (per_thread_bytes > labels.size()) threads = 1;
   if (threads <= 1) {
     for (int64_t l = 0; l <= count; ++l) init_stats_row(l, acc, box);
     run(acc, box, 0, n0);
   } else {
-    std::vector<StatsTables> parts(threads, StatsTables(count));
+    std::vector<StatsTables> parts(threads);
     parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) run(parts[t].acc.data(), parts[t].box.data(), n0 * t / threads, n0 * (t + 1) / threads);
+      for (int64_t t = t0; t < t1; ++t) {
+        parts[t] = StatsTables(count);  // initialised by its own thread
+        run(parts[t].acc.data(), parts[t].box.data(), n0 * t / threads, n0 * (t + 1) / threads);
+      }
     });
     merge_stats(parts, count, acc, box);
   }

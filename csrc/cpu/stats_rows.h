@@ -22,6 +22,7 @@ void add_stats_row(const int32_t* row, int64_t step, int64_t len, int64_t a, int
 struct StatsTables {
   std::vector<double> acc;
   std::vector<int32_t> box;
+  StatsTables() = default;
   explicit StatsTables(int64_t count);
 };
 
