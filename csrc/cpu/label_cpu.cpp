@@ -502,27 +502,33 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
   // along a row, so only each label's first voxel in a row counts; seen[l] (the last row where l
   // was met) skips the rest with a branch that is rarely taken, so well predicted, even on noise
   // (a per-voxel min through memory there stalled on stores that alias the next voxel's load).
-  std::vector<std::vector<int64_t>> firsts(threads, std::vector<int64_t>(count + 1, INT64_MAX));
-  parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int32_t* f = slab_label[t].data();
-      int64_t* first = firsts[t].data();
+  // Each worker's tables take 16 bytes a component: noise's millions of components on many threads
+  // took gigabytes, so the workers are as many as 64 MB of tables allow, each taking several slabs.
+  const int workers = int(std::clamp<int64_t>((int64_t(64) << 20) / ((count + 1) * 16), 1, threads));
+  std::vector<std::vector<int64_t>> firsts(workers);
+  parallel_for(workers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      firsts[w].assign(count + 1, INT64_MAX);
+      int64_t* first = firsts[w].data();
       std::vector<int64_t> seen(count + 1, -1);
-      for (int64_t r = slab[t] * nb; r < slab[t + 1] * nb; ++r) {
-        if (!row_has_fg[r]) continue;
-        const int32_t* orow = out + r * nc;
-        const int64_t base = (r / nb) * logical_stride[0] + (r % nb) * logical_stride[1];
-        for (int64_t c = 0; c < nc; ++c) {
-          const int32_t l = f[orow[c]];
-          if (seen[l] == r) continue;
-          seen[l] = r;
-          first[l] = std::min(first[l], base + c * logical_stride[2]);
+      for (int64_t t = threads * w / workers; t < threads * (w + 1) / workers; ++t) {
+        const int32_t* f = slab_label[t].data();
+        for (int64_t r = slab[t] * nb; r < slab[t + 1] * nb; ++r) {
+          if (!row_has_fg[r]) continue;
+          const int32_t* orow = out + r * nc;
+          const int64_t base = (r / nb) * logical_stride[0] + (r % nb) * logical_stride[1];
+          for (int64_t c = 0; c < nc; ++c) {
+            const int32_t l = f[orow[c]];
+            if (seen[l] == r) continue;
+            seen[l] = r;
+            first[l] = std::min(first[l], base + c * logical_stride[2]);
+          }
         }
       }
     }
   });
-  for (int t = 1; t < threads; ++t)
-    for (int64_t l = 1; l <= count; ++l) firsts[0][l] = std::min(firsts[0][l], firsts[t][l]);
+  for (int w = 1; w < workers; ++w)
+    for (int64_t l = 1; l <= count; ++l) firsts[0][l] = std::min(firsts[0][l], firsts[w][l]);
   std::vector<int32_t> by_first(count);
   std::iota(by_first.begin(), by_first.end(), 1);
   std::sort(by_first.begin(), by_first.end(), [&](int32_t p, int32_t q) { return firsts[0][p] < firsts[0][q]; });
