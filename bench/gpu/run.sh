@@ -9,7 +9,7 @@
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu-local}
 BUDGET=${BUDGET:-480}  # seconds for the whole script; each stage gets what is left
-STAGES=${STAGES:-"build cuda-tests kernels profile predict compile other-tests"}
+STAGES=${STAGES:-"build cuda-tests kernels profile predict cpu-scaling compile other-tests"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 deadline=$(( $(date +%s) + BUDGET ))
@@ -81,6 +81,11 @@ case ${NNUNET:-1} in
 esac
 want predict 120 && PYTHONPATH=$PYTHONPATH:/tmp/site-nn pytest_stage predict 0 bench/test_bench_predict.py --full \
   -k "$sel" --benchmark-json="$OUT/bench_predict.json"
+# The CPU labeller on every core of this host (its slabs' boundaries are joined by all threads at
+# once since 2026-11-29; every earlier figure is from 2 cores), against cc3d on one.
+want cpu-scaling 40 && pytest_stage cpu-scaling 60 bench/test_bench_components.py --full \
+  -k "cpu_petfast_label and not stats or cpu_cc3d_label" --benchmark-min-rounds=3 --benchmark-max-time=0.1 \
+  --benchmark-json="$OUT/bench_cpu_scaling.json"
 # torch.compile and CUDA graphs for the network stage (compilation takes minutes: last, before the
 # CPU tests).
 want compile 150 && { timeout $(( $(left) - 10 )) python3 bench/gpu/compile_ab.py "$OUT/compile_ab.json" \
