@@ -15,6 +15,7 @@
 //   are numbered by the same scan, and every voxel takes its root's number.
 // Union-find entries hold parent index + 1 (0 = background).
 #include <climits>
+#include <utility>
 
 #include "cuda/component_runs.cuh"
 #include "cuda/label_neighbours.h"
@@ -445,9 +446,13 @@ __global__ void block_init_kernel(const T* __restrict__ in, Blocks g, int* paren
   }
 }
 
+// The block path's kernels are launched before the host knows whether every block holds one value
+// (waiting for block init's verdict cost a round trip on every mask): where one did not (`mixed`),
+// they return at once and the voxel path labels the mask instead.
 template <typename T>
 __global__ void block_merge_kernel(const T* __restrict__ in, Blocks g, int* parent, const uint8_t* __restrict__ occupancy,
-                                   const int* __restrict__ not_binary) {
+                                   const int* __restrict__ not_binary, const int* __restrict__ mixed) {
+  if (*mixed) return;
   const int64_t nb = int64_t(g.b0) * g.b1 * g.b2;
   // Every value 1 (bool and 0/1 masks): occupied neighbours hold the same value, so the mask is not
   // read again.
@@ -485,7 +490,9 @@ __global__ void block_merge_kernel(const T* __restrict__ in, Blocks g, int* pare
 // smallest over its blocks of one root before its atomicMin. When every block of a component took
 // its turn at the one address, the atomics queued at the L2: 6.5 M of them on 50 % noise (one
 // giant component), about 0.7 ns each, the 4.8 ms this pass took in the H200 profile.
-__global__ void block_compress_kernel(Blocks g, int* parent, const uint8_t* __restrict__ occupancy, int* first) {
+__global__ void block_compress_kernel(Blocks g, int* parent, const uint8_t* __restrict__ occupancy, int* first,
+                                      const int* __restrict__ mixed) {
+  if (*mixed) return;
   const int64_t nb = int64_t(g.b0) * g.b1 * g.b2;
   const unsigned plane = unsigned(g.b1) * unsigned(g.b2);
   for (int64_t b0 = first_of_four(); b0 < nb; b0 += stride_of_four()) {
@@ -510,7 +517,8 @@ __global__ void block_compress_kernel(Blocks g, int* parent, const uint8_t* __re
 // Start flags are bits, voxel v at bit v % 32 of word v / 32: the memset and the two scans move
 // n / 8 bytes each, not n (a byte per voxel was a third of the sparse path's memory traffic).
 __global__ void mark_starts_kernel(int64_t nb, const int* parent, const int* first, const uint8_t* __restrict__ occupancy,
-                                   unsigned* starts) {
+                                   unsigned* starts, const int* __restrict__ mixed) {
+  if (*mixed) return;  // no start flags: the scans that follow number nothing
   for (int64_t b0 = first_of_four(); b0 < nb; b0 += stride_of_four()) {
     const unsigned four = occupancy_of_four(occupancy, b0, nb);
     for (int q = 0; q < kPerThread; ++q) {
@@ -580,7 +588,9 @@ void number_starts(const unsigned* starts, int64_t flag_blocks, int* counts, Ass
 // run them together (the sink's warp sums).
 template <typename Sink>
 __global__ void block_labels_kernel(Blocks g, const int* __restrict__ parent, const uint8_t* __restrict__ occupancy,
-                                    const int* __restrict__ label_of_root, int* out, bool pairs, Sink sink) {
+                                    const int* __restrict__ label_of_root, int* out, bool pairs, Sink sink,
+                                    const int* __restrict__ mixed) {
+  if (*mixed) return;  // every thread of the block: none waits at the carried runs' barrier
   __shared__ Run carries[Sink::kOn ? kMaxWarps : 1];
   if constexpr (Sink::kOn) clear_carry(carries);
   for (int brow = blockIdx.x; brow < g.b0 * g.b1; brow += gridDim.x) {
@@ -616,12 +626,14 @@ __global__ void block_labels_kernel(Blocks g, const int* __restrict__ parent, co
 
 unsigned int blocks_for(int64_t n) { return grid_dim((n + 255) / 256, 1 << 20); }
 
-int64_t read_count(const int* device_count, cudaStream_t stream) {
-  int total = 0;
+// The values at a and b (b may be null), with one wait for the stream.
+std::pair<int, int> read_counts(const int* a, const int* b, cudaStream_t stream) {
+  int values[2] = {0, 0};
   cuda_check(cudaGetLastError(), "label kernels launch");
-  cuda_check(cudaMemcpyAsync(&total, device_count, sizeof(int), cudaMemcpyDeviceToHost, stream), "label count copy");
+  cuda_check(cudaMemcpyAsync(values, a, sizeof(int), cudaMemcpyDeviceToHost, stream), "label count copy");
+  if (b) cuda_check(cudaMemcpyAsync(values + 1, b, sizeof(int), cudaMemcpyDeviceToHost, stream), "label count copy");
   cuda_check(cudaStreamSynchronize(stream), "label");
-  return total;
+  return {values[0], values[1]};
 }
 
 // Calls launch(sink) with the sink the statistics ask for (NoStats without), the tables initialised.
@@ -670,23 +682,22 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
       block_init_kernel<T><<<fours, 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, first, occupancy,
                                                       mixed, not_binary);
     });
-    if (read_count(mixed, stream) == 0) {  // every block holds one value
-      dispatch_dtype(src.dtype, [&](auto* tag) {
-        using T = std::remove_pointer_t<decltype(tag)>;
-        block_merge_kernel<T><<<fours, 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, occupancy,
-                                                                  not_binary);
-      });
-      block_compress_kernel<<<fours, 256, 0, stream>>>(g, parent, occupancy, first);
-      mark_starts_kernel<<<fours, 256, 0, stream>>>(nb, parent, first, occupancy, starts);
-      number_starts(starts, flag_blocks, counts, NumberRootBlock{g, parent, first}, stream);
-      const bool pairs = s.n2 % 2 == 0 && reinterpret_cast<uintptr_t>(out) % alignof(int2) == 0;
-      with_sink(stats, stream, [&](auto sink) {
-        using Sink = decltype(sink);
-        block_labels_kernel<Sink><<<last_pass_blocks<Sink>(int64_t(g.b0) * g.b1, 128), 128, 0, stream>>>(
-            g, parent, occupancy, first, out, pairs, sink);
-      });
-      return read_count(counts + flag_blocks, stream);
-    }
+    dispatch_dtype(src.dtype, [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      block_merge_kernel<T><<<fours, 256, 0, stream>>>(static_cast<const T*>(src.data), g, parent, occupancy, not_binary,
+                                                       mixed);
+    });
+    block_compress_kernel<<<fours, 256, 0, stream>>>(g, parent, occupancy, first, mixed);
+    mark_starts_kernel<<<fours, 256, 0, stream>>>(nb, parent, first, occupancy, starts, mixed);
+    number_starts(starts, flag_blocks, counts, NumberRootBlock{g, parent, first}, stream);
+    const bool pairs = s.n2 % 2 == 0 && reinterpret_cast<uintptr_t>(out) % alignof(int2) == 0;
+    with_sink(stats, stream, [&](auto sink) {
+      using Sink = decltype(sink);
+      block_labels_kernel<Sink><<<last_pass_blocks<Sink>(int64_t(g.b0) * g.b1, 128), 128, 0, stream>>>(
+          g, parent, occupancy, first, out, pairs, sink, mixed);
+    });
+    const auto [count, was_mixed] = read_counts(counts + flag_blocks, mixed, stream);
+    if (!was_mixed) return count;  // every block held one value: the labels are written
   }
 
   const unsigned grid = blocks_for((n + kPerThread - 1) / kPerThread);
@@ -702,7 +713,7 @@ int64_t label_cuda(const Volume& src, const Volume& dst, int connectivity, const
       voxel_labels_kernel<T, Sink><<<last_pass_blocks<Sink>(grid, 256), 256, 0, stream>>>(in, s, out, sink);
     });
   });
-  return read_count(counts + flag_blocks, stream);
+  return read_counts(counts + flag_blocks, nullptr, stream).first;
 }
 
 }  // namespace petfast
