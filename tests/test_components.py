@@ -1,4 +1,7 @@
 """petfast.label against cc3d and scipy; CUDA against the CPU twin; bad input."""
+import multiprocessing
+import os
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -130,6 +133,29 @@ def test_many_slabs_join_across_their_boundaries(connectivity, rng):
             for _ in range(3):  # the threads' unions interleave differently from run to run
                 labels, count = petfast.label(mask, connectivity)
                 np.testing.assert_array_equal(labels, expected)
+    finally:
+        petfast.set_num_threads(before)
+
+
+def _label_in_child(mask):
+    return petfast.label(mask, 26)[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_threads_after_fork(rng):
+    # The CPU kernels share a pool of worker threads. A child made by fork() (a DataLoader worker,
+    # say) inherits the pool's state but none of its threads: it must label with a pool of its own,
+    # and neither hang nor differ, also while the parent keeps using its pool.
+    mask = (rng.random((64, 64, 64)) < 0.3).astype(np.uint8)
+    before = petfast.get_num_threads()
+    petfast.set_num_threads(4)
+    try:
+        expected = petfast.label(mask, 26)[0]  # the parent's pool is running now
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            pending = [pool.apply_async(_label_in_child, (mask,)) for _ in range(4)]
+            np.testing.assert_array_equal(petfast.label(mask, 26)[0], expected)
+            for p in pending:
+                np.testing.assert_array_equal(p.get(timeout=120), expected)
     finally:
         petfast.set_num_threads(before)
 
