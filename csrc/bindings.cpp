@@ -172,6 +172,20 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("labels"), py::arg("image"), py::arg("count"), py::arg("acc"), py::arg("box"), py::arg("stream"));
   m.def(
+      "extremes",
+      [](py::tuple volume) {
+        Volume v = to_volume(volume);
+        require(!v.on_cuda(), "internal: extremes runs on the CPU");
+        require(v.size() > 0, "internal: extremes of an empty volume");
+        double lo = 0, hi = 0;
+        {
+          py::gil_scoped_release release;
+          extremes_cpu(v, &lo, &hi);
+        }
+        return py::make_tuple(lo, hi);
+      },
+      py::arg("volume"), "(min, max) of a 3-D host volume in one multithreaded pass (NaN, NaN if it holds a NaN)");
+  m.def(
       "drop_components",
       [](py::tuple labels, py::tuple keep, py::tuple out) {
         Volume l = to_volume(labels), k = to_volume(keep), o = to_volume(out);

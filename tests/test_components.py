@@ -137,6 +137,30 @@ def test_many_slabs_join_across_their_boundaries(connectivity, rng):
         petfast.set_num_threads(before)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float32, np.float64])
+def test_one_pass_extremes_equal_numpy(dtype, rng):
+    # The multithreaded (min, max) behind the count of a label map and the mask checks: every
+    # layout, every kernel dtype, and NaN (which numpy's min and max propagate) for floats.
+    from petfast import _C, _arrays
+
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    x = (rng.integers(info.min, int(info.max) + 1, (70, 65, 33)) if info else rng.normal(0, 1e3, (70, 65, 33))).astype(dtype)
+    layouts = {"C": x, "F": np.asfortranarray(x), "strided": x[:, ::2, 1:], "reversed": x[::-1, :, ::-1],
+               "permuted": x.transpose(2, 0, 1)}
+    before = petfast.get_num_threads()
+    try:
+        for threads in (1, 3):
+            petfast.set_num_threads(threads)
+            for name, v in layouts.items():
+                got = _C.extremes(_arrays.adapt(v, "v").spec())
+                assert got == (float(v.min()), float(v.max())), (name, threads)
+        if info is None:
+            x[40, 7, 3] = np.nan
+            assert all(map(np.isnan, _C.extremes(_arrays.adapt(np.asfortranarray(x), "v").spec())))
+    finally:
+        petfast.set_num_threads(before)
+
+
 def _label_in_child(mask):
     return petfast.label(mask, 26)[0]
 

@@ -66,6 +66,9 @@ int64_t label_cpu(const Volume& src, const Volume& dst, int connectivity, const 
 // out[v] = 0 where 1 <= labels[v] <= count and keep[labels[v]] is 0 (remove_small's last pass).
 void drop_components_cpu(const Volume& labels, const uint8_t* keep, int64_t count, const Volume& out);
 
+// The smallest and largest value of v (both NaN if v holds a NaN); v must not be empty.
+void extremes_cpu(const Volume& v, double* lo, double* hi);
+
 // Sliding-window tiles. gather: dst (B, C, d, h, w) = src (C, D, H, W) at each origin, `pad` outside
 // the image; dst is float32 or src's dtype. accumulate: acc (C, D, H, W) += tile x weight_map and
 // weight (D, H, W) += weight_map for each tile (float32; tiles must lie inside). finalize: labels

@@ -54,11 +54,16 @@ def _finite(x) -> bool:
 
 
 def _extremes(x) -> tuple[float, float]:
-    """(min, max) of a numpy array or torch tensor (NaN when it holds one): one reduction each."""
+    """(min, max) of a numpy array or torch tensor (NaN when it holds one). A large 3-D integer numpy
+    volume (labels, masks) takes one multithreaded pass: numpy's min() and max() are two
+    single-threaded ones (18 -> 6.5 ms on whole-body labels; numpy's own SIMD wins on floats). A
+    tensor takes torch.aminmax."""
     if _arrays._is_torch(x):
         import torch
 
         return tuple(float(v) for v in torch.aminmax(x))
+    if x.ndim == 3 and x.size >= 1 << 16 and x.dtype.kind in "iu" and x.dtype in _arrays._CODES:
+        return _C.extremes(_arrays.adapt(x, "volume").spec())
     return float(x.min()), float(x.max())
 
 
