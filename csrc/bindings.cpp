@@ -186,6 +186,18 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("volume"), "(min, max) of a 3-D host volume in one multithreaded pass (NaN, NaN if it holds a NaN)");
   m.def(
+      "binary_mask",
+      [](py::tuple src, py::tuple dst) {
+        Volume s = to_volume(src), d = to_volume(dst);
+        require(!s.on_cuda() && !d.on_cuda(), "internal: binary_mask runs on the CPU");
+        require(d.dtype == DType::UInt8, "internal: binary_mask writes uint8");
+        for (int a = 0; a < 3; ++a) require(s.shape[a] == d.shape[a], "internal: binary_mask shapes differ");
+        py::gil_scoped_release release;
+        return binary_mask_cpu(s, d);
+      },
+      py::arg("src"), py::arg("dst"),
+      "dst = src != 0 (uint8) in one multithreaded pass; returns how many values were neither 0 nor 1 (CPU)");
+  m.def(
       "drop_components",
       [](py::tuple labels, py::tuple keep, py::tuple out) {
         Volume l = to_volume(labels), k = to_volume(keep), o = to_volume(out);

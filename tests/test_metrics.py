@@ -194,6 +194,33 @@ def test_torch_masks_must_be_binary():
         metrics.autopet(torch.full((3, 3, 3), float("nan")), torch.ones((3, 3, 3)), 1.0)
 
 
+def test_masks_of_any_dtype_and_layout_score_alike(rng):
+    # Masks are checked and converted to bytes in one pass (host kernel dtypes) or by numpy / torch
+    # (others): every dtype and layout scores as the uint8 mask does, and one stray value anywhere in
+    # a large mask is still an error.
+    torch = pytest.importorskip("torch")
+    shape = (40, 50, 60)
+    gt = (ndi.gaussian_filter(rng.random(shape), 2) > 0.52).astype(np.uint8)
+    pred = np.roll(gt, 2, axis=0)
+    expected = metrics.autopet(gt, pred, 0.01)
+    variants = {"int16": pred.astype(np.int16), "int32 Fortran": np.asfortranarray(pred.astype(np.int32)),
+                "float32 strided": np.repeat(pred.astype(np.float32), 2, axis=2)[:, :, ::2],
+                "float64 reversed": np.ascontiguousarray(pred[::-1].astype(np.float64))[::-1],
+                "int8": pred.astype(np.int8), "uint16": pred.astype(np.uint16),
+                "torch float32": torch.from_numpy(pred.astype(np.float32)), "torch int64": torch.from_numpy(pred.astype(np.int64))}
+    for name, x in variants.items():
+        assert metrics.autopet(gt, x, 0.01) == expected, name
+    for dtype in (np.float32, np.int16):
+        stray = pred.astype(dtype)
+        stray[31, 7, 44] = 3
+        with pytest.raises(ValueError, match=r"binary mask \(values 0 and 1\), got values in \[0, 3\]"):
+            metrics.autopet(gt, stray, 0.01)
+    nan = pred.astype(np.float32)
+    nan[5, 40, 3] = np.nan
+    with pytest.raises(ValueError, match="pred contains NaN"):
+        metrics.autopet(gt, np.asfortranarray(nan), 0.01)
+
+
 def test_metric_errors():
     with pytest.raises(ValueError, match="shape"):
         metrics.autopet(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), 1.0)

@@ -128,13 +128,15 @@ def _label(mask, connectivity, image=None, stats=False):
 
 def _binary_mask(x, name):
     """x as a 0/1 uint8 mask (no copy when it is bool, or uint8 holding 0 and 1). Other values are an
-    error: a probability map or a multi-class label map would be scored silently wrong."""
-    if _arrays._is_torch(x):
+    error: a probability map or a multi-class label map would be scored silently wrong. A host mask
+    of another kernel dtype (int16, float32 as NIfTI files often hold) is checked and converted in
+    one multithreaded pass."""
+    torch_in = _arrays._is_torch(x)
+    if torch_in:
         import torch
 
         if x.dtype == torch.bool:
             return x.view(torch.uint8)
-        lo, hi = _extremes(x)
         uint8 = x.dtype == torch.uint8
     else:
         x = np.asanyarray(x)
@@ -144,16 +146,27 @@ def _binary_mask(x, name):
             return x.view(np.uint8)
         if x.dtype.kind not in "iuf":
             raise TypeError(f"{name} must be a bool or numeric mask, got dtype {x.dtype}")
-        lo, hi = (0.0, float(x.max())) if x.dtype.kind == "u" else _extremes(x)
         uint8 = x.dtype == np.uint8
+    host = not torch_in or x.device.type == "cpu"
+    kernel_dtype = x.dtype in (_arrays._torch_dtypes() if torch_in else _arrays._CODES)
+    if uint8:
+        lo, hi = (0.0, float(x.max())) if not torch_in else _extremes(x)
+        if hi <= 1:
+            return x
+    elif host and kernel_dtype and x.ndim == 3 and min(x.shape) > 0:
+        a = _arrays.adapt(x, name)
+        out = _arrays.empty(a, a.shape, np.uint8, axis_order=_arrays.memory_order(a))
+        if _C.binary_mask(a.spec(), out.spec()) == 0:
+            return out.obj
+        lo, hi = _extremes(x)
+    else:
+        lo, hi = _extremes(x)
+        if not math.isnan(lo + hi) and lo >= 0 and hi <= 1 and bool(((x == 0) | (x == 1)).all()):
+            return (x != 0).to(torch.uint8) if torch_in else (x != 0).view(np.uint8)
     if math.isnan(lo) or math.isnan(hi):
         raise ValueError(f"{name} contains NaN values")
-    if not (lo >= 0 and hi <= 1 and (uint8 or bool(((x == 0) | (x == 1)).all()))):
-        raise ValueError(f"{name} must be a binary mask (values 0 and 1), got values in [{lo:g}, {hi:g}]; "
-                         f"binarise it first (e.g. {name} > 0.5 for probabilities, {name} == k for one class)")
-    if uint8:
-        return x
-    return (x != 0).to(torch.uint8) if _arrays._is_torch(x) else (x != 0).view(np.uint8)
+    raise ValueError(f"{name} must be a binary mask (values 0 and 1), got values in [{lo:g}, {hi:g}]; "
+                     f"binarise it first (e.g. {name} > 0.5 for probabilities, {name} == k for one class)")
 
 
 class ComponentStats(dict):
