@@ -248,6 +248,8 @@ def _predict(args) -> int:
     predictor = Predictor.from_nnunet(args.model, folds=folds, checkpoint=args.checkpoint, device=device,
                                       step=args.step, tta=args.tta, batch_size=args.batch_size,
                                       precision=args.precision)
+    # On the CPU a whole-body case takes minutes: a bar over its tiles under the bar over the cases.
+    predictor.progress = not args.quiet and predictor.device.type == "cpu"
     print(f"model {args.model}: {predictor.configuration}, {len(predictor.networks)} fold(s), patch "
           f"{'x'.join(map(str, predictor.patch_size))}, TTA {'over axes ' + str(predictor.mirror_axes) if predictor.mirror_axes else 'off'}, "
           f"{predictor.device}, {predictor.precision} (loaded in {time.perf_counter() - t0:.1f} s)")

@@ -186,7 +186,7 @@ def sliding_window(volume, predict, patch_size, num_outputs: int, step: float = 
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="sliding window", unit="batch")
+        batches = tqdm(batches, desc="sliding window", unit="batch", leave=False)
     for b in batches:
         tiles = gather_tiles(src.obj, shifted[b:b + batch_size], patch)
         logits = predict(tiles)
