@@ -39,11 +39,8 @@ int64_t binary_mask_cpu(const Volume& src, const Volume& dst) {
     parallel_for(src.shape[ax[0]] * n_mid, std::max<int64_t>(1, 65536 / std::max<int64_t>(n_inner, 1)), [&](int64_t r0, int64_t r1) {
       int64_t mine = 0;
       for (int64_t r = r0; r < r1; ++r) {
-        int64_t idx[3] = {0, 0, 0};
-        idx[ax[0]] = r / n_mid;
-        idx[ax[1]] = r % n_mid;
-        const T* row = in + idx[0] * src.strides[0] + idx[1] * src.strides[1] + idx[2] * src.strides[2];
-        uint8_t* orow = out + idx[0] * dst.strides[0] + idx[1] * dst.strides[1] + idx[2] * dst.strides[2];
+        const T* row = in + row_offset(src.shape, src.strides, ax, r);
+        uint8_t* orow = out + row_offset(dst.shape, dst.strides, ax, r);
         if (ss == 1 && ds == 1) {
           mine += binary_row(row, n_inner, orow);
         } else {

@@ -21,11 +21,8 @@ void drop_components_cpu(const Volume& labels, const uint8_t* keep, int64_t coun
     T* o = static_cast<T*>(out.data);
     parallel_for(labels.shape[ax[0]] * n_mid, std::max<int64_t>(1, 16384 / n_inner), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        int64_t idx[3] = {0, 0, 0};
-        idx[ax[0]] = r / n_mid;
-        idx[ax[1]] = r % n_mid;
-        const int32_t* row = lab + idx[0] * labels.strides[0] + idx[1] * labels.strides[1] + idx[2] * labels.strides[2];
-        T* orow = o + idx[0] * out.strides[0] + idx[1] * out.strides[1] + idx[2] * out.strides[2];
+        const int32_t* row = lab + row_offset(labels.shape, labels.strides, ax, r);
+        T* orow = o + row_offset(out.shape, out.strides, ax, r);
         const int64_t ls = labels.strides[ax[2]], os = out.strides[ax[2]];
         for (int64_t c = 0; c < n_inner; ++c) {
           if (unit && (c = first_nonzero(row, c, n_inner)) >= n_inner) break;

@@ -45,10 +45,7 @@ void extremes_cpu(const Volume& v, double* lo, double* hi) {
       T l = std::numeric_limits<T>::max(), h = std::numeric_limits<T>::lowest();
       bool nan = false;
       for (int64_t r = r0; r < r1; ++r) {
-        int64_t idx[3] = {0, 0, 0};
-        idx[ax[0]] = r / n_mid;
-        idx[ax[1]] = r % n_mid;
-        const T* row = data + idx[0] * v.strides[0] + idx[1] * v.strides[1] + idx[2] * v.strides[2];
+        const T* row = data + row_offset(v.shape, v.strides, ax, r);
         if (step == 1) {
           row_extremes(row, n_inner, l, h, nan);
         } else {

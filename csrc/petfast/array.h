@@ -120,6 +120,12 @@ inline void axes_by_stride(const int64_t* strides, int* ax) {
   std::stable_sort(ax, ax + 3, [&](int p, int q) { return std::llabs(strides[p]) > std::llabs(strides[q]); });
 }
 
+// Element offset of row r (0 .. shape[ax[0]] x shape[ax[1]] - 1) of a volume walked in the axis
+// order ax (outer first, as axes_by_stride gives): where its run along axis ax[2] starts.
+inline int64_t row_offset(const int64_t* shape, const int64_t* strides, const int* ax, int64_t r) {
+  return (r / shape[ax[1]]) * strides[ax[0]] + (r % shape[ax[1]]) * strides[ax[1]];
+}
+
 inline void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
 }
