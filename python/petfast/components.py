@@ -218,7 +218,9 @@ def _image(image, like: _arrays.Array, like_name: str) -> _arrays.Array:
     """The image checked against the labels or mask it goes with (shape, device); a bool image (another
     mask, whose ``sum`` then counts the overlap) is read as 0/1 bytes. An image _image() returned
     already is taken as it is."""
-    img = image if isinstance(image, _arrays.Array) else _arrays.c_order_on_cuda(_arrays.adapt(_bool_as_uint8(image), "image"))
+    img = image
+    if not isinstance(img, _arrays.Array):
+        img = _arrays.c_order_on_cuda(_arrays.adapt(_bool_as_uint8(image), "image"))
     if img.shape != like.shape:
         raise ValueError(f"image shape {img.shape} differs from {like_name} shape {like.shape}")
     if img.device != like.device:
