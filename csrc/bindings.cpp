@@ -196,7 +196,7 @@ PYBIND11_MODULE(_C, m) {
         return binary_mask_cpu(s, d);
       },
       py::arg("src"), py::arg("dst"),
-      "dst = src != 0 (uint8) in one multithreaded pass; returns how many values were neither 0 nor 1 (CPU)");
+      "dst = src != 0 (uint8) in one multithreaded pass; returns whether a value was neither 0 nor 1 (CPU)");
   m.def(
       "drop_components",
       [](py::tuple labels, py::tuple keep, py::tuple out) {

@@ -69,8 +69,8 @@ void drop_components_cpu(const Volume& labels, const uint8_t* keep, int64_t coun
 // The smallest and largest value of v (both NaN if v holds a NaN); v must not be empty.
 void extremes_cpu(const Volume& v, double* lo, double* hi);
 
-// dst (uint8, src's shape) = src != 0; returns how many values of src are neither 0 nor 1 (NaN too).
-int64_t binary_mask_cpu(const Volume& src, const Volume& dst);
+// dst (uint8, src's shape) = src != 0; returns whether src holds a value other than 0 and 1 (NaN too).
+bool binary_mask_cpu(const Volume& src, const Volume& dst);
 
 // Sliding-window tiles. gather: dst (B, C, d, h, w) = src (C, D, H, W) at each origin, `pad` outside
 // the image; dst is float32 or src's dtype. accumulate: acc (C, D, H, W) += tile x weight_map and

@@ -156,7 +156,7 @@ def _binary_mask(x, name):
     elif host and kernel_dtype and x.ndim == 3 and min(x.shape) > 0:
         a = _arrays.adapt(x, name)
         out = _arrays.empty(a, a.shape, np.uint8, axis_order=_arrays.memory_order(a))
-        if _C.binary_mask(a.spec(), out.spec()) == 0:
+        if not _C.binary_mask(a.spec(), out.spec()):
             return out.obj
         lo, hi = _extremes(x)
     else:
