@@ -37,7 +37,8 @@ bool binary_mask_cpu(const Volume& src, const Volume& dst) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* in = static_cast<const T*>(src.data);
     uint8_t* out = static_cast<uint8_t*>(dst.data);
-    parallel_for(src.shape[ax[0]] * n_mid, std::max<int64_t>(1, 65536 / std::max<int64_t>(n_inner, 1)), [&](int64_t r0, int64_t r1) {
+    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(n_inner, 1));
+    parallel_for(src.shape[ax[0]] * n_mid, grain, [&](int64_t r0, int64_t r1) {
       bool mine = false;
       for (int64_t r = r0; r < r1; ++r) {
         const T* row = in + row_offset(src.shape, src.strides, ax, r);

@@ -158,7 +158,8 @@ void component_stats_cpu(const Volume& logical_labels, const Volume* logical_ima
   // Private tables per thread, as many threads as 64 MB of them allow (noise's hundreds of
   // thousands of components: a few), and none when a table outweighs the labels.
   const int64_t per_thread_bytes = (count + 1) * (kStatsColumns * 8 + 24);
-  int threads = int(std::min<int64_t>({int64_t(get_num_threads()), n0, std::max<int64_t>(1, (int64_t(64) << 20) / per_thread_bytes)}));
+  const int64_t fit = std::max<int64_t>(1, (int64_t(64) << 20) / per_thread_bytes);
+  int threads = int(std::min<int64_t>({int64_t(get_num_threads()), n0, fit}));
   if (per_thread_bytes > labels.size()) threads = 1;
   if (threads <= 1) {
     for (int64_t l = 0; l <= count; ++l) init_stats_row(l, acc, box);

@@ -41,7 +41,8 @@ void extremes_cpu(const Volume& v, double* lo, double* hi) {
     T all_lo = std::numeric_limits<T>::max(), all_hi = std::numeric_limits<T>::lowest();
     bool all_nan = false;
     std::mutex m;
-    parallel_for(v.shape[ax[0]] * n_mid, std::max<int64_t>(1, 65536 / std::max<int64_t>(n_inner, 1)), [&](int64_t r0, int64_t r1) {
+    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(n_inner, 1));
+    parallel_for(v.shape[ax[0]] * n_mid, grain, [&](int64_t r0, int64_t r1) {
       T l = std::numeric_limits<T>::max(), h = std::numeric_limits<T>::lowest();
       bool nan = false;
       for (int64_t r = r0; r < r1; ++r) {

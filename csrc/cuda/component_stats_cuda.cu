@@ -22,7 +22,8 @@ __global__ void __launch_bounds__(128 * kRowsPerBlock, 2) stats_kernel(const int
   Run& carry = carries[warp_in_block()];
   const int n1 = int(labels.shape[1]), n2 = int(labels.shape[2]);
   const int64_t rows = labels.shape[0] * n1;
-  for (int64_t row64 = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row64 < rows; row64 += int64_t(gridDim.x) * blockDim.y) {
+  const int64_t row_step = int64_t(gridDim.x) * blockDim.y;
+  for (int64_t row64 = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row64 < rows; row64 += row_step) {
     const int row = int(row64), i = row / n1, j = row - i * n1;
     const int32_t* lab_row = lab + i * labels.strides[0] + j * labels.strides[1];
     const T* img_row = img ? img + i * image.strides[0] + j * image.strides[1] : nullptr;
