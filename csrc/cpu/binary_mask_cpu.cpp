@@ -11,15 +11,16 @@
 namespace petfast {
 namespace {
 
-// dst[c] = row[c] != 0 for a contiguous row; returns whether a value was neither 0 nor 1. Only ==
-// and != compare (they do not trap on NaN), and the flag is a byte, not a count (widening int16
-// compares to a 64-bit sum made int16 masks slower than float32 ones), so the loop vectorises.
-template <typename T>
-PF_VECTOR_CLONES bool binary_row(const T* __restrict row, int64_t n, uint8_t* __restrict dst) {
+// dst[c * ds] = row[c * ss] != 0 for c < n; returns whether a value was neither 0 nor 1 (kUnit:
+// both steps are 1, known to the compiler). Only == and != compare (they do not trap on NaN), and
+// the flag is a byte, not a count (widening int16 compares to a 64-bit sum made int16 masks slower
+// than float32 ones), so the loop vectorises.
+template <typename T, bool kUnit>
+PF_VECTOR_CLONES bool binary_row(const T* __restrict row, int64_t ss, int64_t n, uint8_t* __restrict dst, int64_t ds) {
   uint8_t other = 0;
   for (int64_t c = 0; c < n; ++c) {
-    const T v = row[c];
-    dst[c] = uint8_t(v != T(0));
+    const T v = row[kUnit ? c : c * ss];
+    dst[kUnit ? c : c * ds] = uint8_t(v != T(0));
     other |= uint8_t(v != T(0)) & uint8_t(v != T(1));
   }
   return other != 0;
@@ -43,15 +44,8 @@ bool binary_mask_cpu(const Volume& src, const Volume& dst) {
       for (int64_t r = r0; r < r1; ++r) {
         const T* row = in + row_offset(src.shape, src.strides, ax, r);
         uint8_t* orow = out + row_offset(dst.shape, dst.strides, ax, r);
-        if (ss == 1 && ds == 1) {
-          mine |= binary_row(row, n_inner, orow);
-        } else {
-          for (int64_t c = 0; c < n_inner; ++c) {
-            const T v = row[c * ss];
-            orow[c * ds] = uint8_t(v != T(0));
-            mine |= v != T(0) && v != T(1);
-          }
-        }
+        mine |= ss == 1 && ds == 1 ? binary_row<T, true>(row, ss, n_inner, orow, ds)
+                                   : binary_row<T, false>(row, ss, n_inner, orow, ds);
       }
       if (mine) other = true;
     });

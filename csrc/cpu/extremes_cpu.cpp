@@ -15,13 +15,14 @@
 namespace petfast {
 namespace {
 
-// lo and hi of row[0..n), and whether a NaN was met; branch-free, so that it vectorises.
-template <typename T>
-PF_VECTOR_CLONES void row_extremes(const T* __restrict row, int64_t n, T& lo, T& hi, bool& nan) {
+// lo and hi of the n values `step` apart from row, and whether a NaN was met; branch-free, so that
+// it vectorises (kUnit: step is 1, known to the compiler).
+template <typename T, bool kUnit>
+PF_VECTOR_CLONES void row_extremes(const T* __restrict row, int64_t step, int64_t n, T& lo, T& hi, bool& nan) {
   T l = lo, h = hi;
   bool any_nan = false;
   for (int64_t c = 0; c < n; ++c) {
-    const T v = row[c];
+    const T v = row[kUnit ? c : c * step];
     l = v < l ? v : l;
     h = v > h ? v : h;
     any_nan |= v != v;
@@ -48,14 +49,9 @@ void extremes_cpu(const Volume& v, double* lo, double* hi) {
       for (int64_t r = r0; r < r1; ++r) {
         const T* row = data + row_offset(v.shape, v.strides, ax, r);
         if (step == 1) {
-          row_extremes(row, n_inner, l, h, nan);
+          row_extremes<T, true>(row, step, n_inner, l, h, nan);
         } else {
-          for (int64_t c = 0; c < n_inner; ++c) {
-            const T x = row[c * step];
-            l = x < l ? x : l;
-            h = x > h ? x : h;
-            nan |= x != x;
-          }
+          row_extremes<T, false>(row, step, n_inner, l, h, nan);
         }
       }
       std::lock_guard<std::mutex> lock(m);
