@@ -122,6 +122,7 @@ def test_hand_computed_metrics():
     assert m["fn_volume_ml"] == pytest.approx(8 * 0.5)
     assert (m["tp_lesions"], m["fn_lesions"], m["fp_lesions"]) == (1, 1, 2)
     assert (m["gt_lesions"], m["pred_lesions"]) == (2, 3)
+    assert {type(v) for v in m.values()} == {float, int}  # plain Python numbers, as json and csv print them
 
 
 def test_corner_contact_is_two_lesions_at_18_connectivity():

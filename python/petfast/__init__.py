@@ -66,7 +66,12 @@ _C.set_num_threads(_default_threads())
 
 def __getattr__(name):  # torch is imported only when the Predictor is used
     if name == "Predictor":
-        from .predictor import Predictor
-
+        try:
+            from .predictor import Predictor
+        except ModuleNotFoundError as e:
+            if e.name != "torch":
+                raise
+            raise ImportError("petfast.Predictor needs torch, which is not installed (pip install torch); "
+                              "the rest of petfast works on numpy arrays without it") from e
         return Predictor
     raise AttributeError(f"module 'petfast' has no attribute {name!r}")

@@ -72,11 +72,7 @@ def _demo(args) -> int:
     from ._png import write_png
     from .data import _write_csv
 
-    try:
-        import torch
-    except ImportError:
-        print("petfast demo: the segmentation step needs torch (pip install torch)", file=sys.stderr)
-        return 2
+    import torch  # before any work: without it _run says so
     device = args.device or ("cuda" if petfast.cuda_available() and torch.cuda.is_available() else "cpu")
     if device == "cuda" and not petfast.cuda_available():
         print("petfast demo: --device cuda needs the CUDA kernels and a GPU; use --device cpu", file=sys.stderr)
@@ -494,6 +490,12 @@ def _tqdm_write(line: str) -> None:
 def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        print(f"petfast {args.command}: needs torch, which is not installed (pip install torch; the CPU "
+              "build is enough); info, phantom, check and evaluate work without it", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, FileExistsError, OSError) as e:
         print(f"petfast {args.command}: error: {e}", file=sys.stderr)
         return 1

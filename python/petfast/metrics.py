@@ -65,7 +65,7 @@ def _autopet(g_labelled, p_labelled, voxel_ml: float) -> dict:
     fn = gt_hit == 0
     fp = pred_hit == 0
     return {
-        "dice": 2.0 * inter / (n_gt + n_pred) if n_gt else math.nan,
+        "dice": float(2.0 * inter / (n_gt + n_pred)) if n_gt else math.nan,
         "fp_volume_ml": float(pred_sizes[fp].sum()) * voxel_ml,
         "fn_volume_ml": float(gt_sizes[fn].sum()) * voxel_ml if n_gt else math.nan,
         "tp_lesions": int((~fn).sum()),
