@@ -232,6 +232,15 @@ def test_bad_masks(bad, error, match):
         petfast.label(bad)
 
 
+def test_bad_tensors():
+    torch = pytest.importorskip("torch")
+    mask = torch.ones((4, 4, 4), dtype=torch.uint8)
+    for bad, match in ((mask.to_sparse(), "sparse_coo tensors are not supported"), (mask.half(), "float16"),
+                       (torch.ones((4, 4, 4), device="meta"), "on meta")):
+        with pytest.raises(TypeError, match=match):
+            petfast.label(bad)
+
+
 def test_bad_connectivity():
     with pytest.raises(ValueError, match="6, 18 or 26"):
         petfast.label(np.zeros((3, 3, 3), np.uint8), connectivity=8)

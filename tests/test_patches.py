@@ -148,6 +148,11 @@ def test_bad_input(rng):
         patches.sliding_window(volume, lambda t: t[:, :, :2], (4, 4, 4), 1)
     with pytest.raises(TypeError, match="float32"):
         patches.gather_tiles(volume, [(0, 0, 0)], (4, 4, 4), dtype=np.int16)
+    with pytest.raises(ValueError, match="whole numbers"):  # a fraction is not truncated to some tile
+        patches.gather_tiles(volume, np.array([(0, 2.5, 0)]), (4, 4, 4))
+    with pytest.raises(ValueError, match="3 axes"):
+        patches.gather_tiles(volume, [(0, 0)], (4, 4, 4))
+    assert (patches.gather_tiles(volume + 1, np.array([(-2.0, 0, 0)]), (4, 4, 4))[0, 0, :2] == 0).all()  # whole floats do
     with pytest.raises(ValueError, match="positive"):
         patches.gaussian_importance_map((4, 4, 4), sigma_scale=0)
     with pytest.raises(ValueError, match="share batch and patch size"):

@@ -118,6 +118,8 @@ def _torch_dtypes() -> dict:
 
 
 def _adapt_torch(t, name: str) -> Array:
+    import torch
+
     codes = _torch_dtypes()
     if t.dtype not in codes:
         raise TypeError(f"{name}: dtype {t.dtype} is not supported (supported: {SUPPORTED}); "
@@ -131,6 +133,8 @@ def _adapt_torch(t, name: str) -> Array:
         device = -1
     else:
         raise TypeError(f"{name}: tensors on {t.device.type} are not supported (use cpu or cuda)")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name}: {t.layout} tensors are not supported; pass a dense one (x.to_dense())")
     t = t.detach()
     if t.is_conj() or t.is_neg():
         t = t.resolve_conj().resolve_neg()
@@ -158,8 +162,9 @@ def c_order_on_cuda(a: Array) -> Array:
     return adapt(a.obj.contiguous(), "contiguous copy") if a.on_cuda and not a.obj.is_contiguous() else a
 
 
-def shape3(values, name: str) -> tuple[int, int, int]:
-    """``values`` as 3 positive ints (a shape or patch size); whole-number floats are accepted."""
+def whole3(values, name: str) -> tuple[int, int, int]:
+    """``values`` as 3 ints (voxel indices or counts); whole-number floats are accepted, fractions
+    are an error rather than truncated."""
     try:
         out = tuple(int(v) for v in values)
         whole = all(o == v for o, v in zip(out, values))
@@ -169,6 +174,12 @@ def shape3(values, name: str) -> tuple[int, int, int]:
         raise ValueError(f"{name} must have 3 axes, got {tuple(values)}")
     if not whole:
         raise ValueError(f"{name} must be whole numbers of voxels, got {tuple(values)}")
+    return out
+
+
+def shape3(values, name: str) -> tuple[int, int, int]:
+    """``values`` as 3 positive ints (a shape or patch size); whole-number floats are accepted."""
+    out = whole3(values, name)
     if min(out) < 1:
         raise ValueError(f"{name} must be 3 positive integers, got {out}")
     return out

@@ -88,10 +88,7 @@ def gaussian_importance_map(patch_size, sigma_scale: float = 1.0 / 8, value_scal
 
 def _origins(origins) -> list:
     """Origins as lists of 3 ints (what the kernels take)."""
-    out = [[int(v) for v in o] for o in origins]
-    if any(len(o) != 3 for o in out):
-        raise ValueError("every origin has 3 coordinates (D, H, W)")
-    return out
+    return [list(_arrays.whole3(o, "each origin (D, H, W)")) for o in origins]
 
 
 _MAX_TILES = 128  # tiles per launch: kMaxTiles in csrc/petfast/array.h
