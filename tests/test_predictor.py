@@ -7,6 +7,7 @@ to float32 rounding.
 """
 import functools
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -569,6 +570,12 @@ def test_bad_cases(model_dir, tmp_path):
         pred.predict(bad, spacing=(2, 2, 3))
     with pytest.raises(MemoryError, match=r"from spacing \(3000, 2000, 2000\) mm .* in mm\?"):  # metres
         pred.predict(img, spacing=(2000, 2000, 3000))
+    with pytest.warns(UserWarning, match=r"from spacing \(0.3, 0.2, 0.2\) mm .* gives 3x4x4 voxels, 0.000861 times as many"):  # cm
+        assert pred.predict(img, spacing=(0.2, 0.2, 0.3)).shape == img.shape[1:]
+    with warnings.catch_warnings():  # a spacing 5x too large: the warning comes before the long work
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match=r"gives 170x201x196 voxels, 120 times as many\. Is the spacing"):
+            pred.predict(img, spacing=(10, 10, 15))
     # Files: a PET on another grid than the CT, and a missing channel file.
     write_nnunet_case(tmp_path / "in", "case0", img)
     io.save(tmp_path / "in" / "case0_0001.nii.gz", img[1], np.diag([2.0, 2.0, 3.5, 1.0]), overwrite=True)

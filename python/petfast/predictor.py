@@ -354,15 +354,20 @@ class Predictor:
 
     def _check_resampled_size(self, channels: int, shape, target, sp) -> None:
         """A clear error, before allocating, when the model's spacing would blow the image up beyond the
-        host's memory (the usual cause: a spacing or affine not in mm)."""
+        host's memory, and a warning when it changes the voxel count beyond what scanners' grids and
+        models' spacings make (the usual cause of both: a spacing or affine not in mm); without it, a
+        spacing off by 10 means an hour of tiles, or a volume of a few voxels, and a mask of nothing."""
+        what = (f"resampling the {'x'.join(map(str, shape))} image from spacing {_mm(sp)} mm to the model's "
+                f"{_mm(self.spacing)} mm gives {'x'.join(map(str, target))} voxels")
         needed = (channels + self.num_classes) * math.prod(target) * 4  # float32 image and logits
         avail = _arrays._available_host_bytes()
         if avail is not None and needed > avail:
             raise _arrays.OutOfMemoryError(
-                f"resampling the {'x'.join(map(str, shape))} image from spacing {_mm(sp)} mm to the model's "
-                f"{_mm(self.spacing)} mm gives {'x'.join(map(str, target))} voxels: "
-                f"{needed / 2**30:.1f} GiB with the logits, more than the {avail / 2**30:.1f} GiB of memory "
-                "available. Is the spacing (or the affine) in mm?")
+                f"{what}: {needed / 2**30:.1f} GiB with the logits, more than the {avail / 2**30:.1f} GiB of "
+                "memory available. Is the spacing (or the affine) in mm?")
+        ratio = math.prod(target) / math.prod(shape)
+        if not 1 / 64 <= ratio <= 16:  # autoPET's grids and common models' spacings: 1/8 to 4
+            warnings.warn(f"{what}, {ratio:.3g} times as many. Is the spacing (or the affine) in mm?", stacklevel=3)
 
     def _preprocess(self, channels, sp_ijk):
         """float32 (C, *cropped) in nnU-Net's axis order, normalised; spacing, crop box, uncropped shape."""
