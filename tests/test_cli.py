@@ -23,6 +23,9 @@ def test_info(capsys):
     out = capsys.readouterr().out
     assert f"cpu threads: {petfast.get_num_threads()}" in out
     assert ("yes" if petfast.cuda_built() else "no") in out
+    assert "nifti gzip: read libdeflate, write ISA-L" in out  # both are dependencies of the package
+    torch = pytest.importorskip("torch")
+    assert f"torch {torch.__version__}; CPU inference precision 'auto': " in out
 
 
 def test_python_dash_m_entry_point():

@@ -66,6 +66,7 @@ def test_commands_without_torch(tmp_path):
     """, tmp_path)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
     assert r.stderr.count("needs torch, which is not installed") == 3, r.stderr[-3000:]
+    assert "torch: not installed (needed by predict, train and demo)" in r.stdout  # petfast info
     assert not (tmp_path / "demo").exists() and not (tmp_path / "p").exists() and not (tmp_path / "m").exists()
 
 

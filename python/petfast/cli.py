@@ -13,11 +13,23 @@ import numpy as np
 
 def _info(args) -> int:
     import petfast
-    from petfast import _C
+    from petfast import _C, io
 
     print(f"petfast {petfast.__version__}")
     print(f"python {platform.python_version()} on {platform.machine()}")
     print(f"cpu threads: {petfast.get_num_threads()}")
+    # What sets the speed of reading, writing and CPU inference, for "why is it slow here?"
+    read = "libdeflate" if io._deflate else "ISA-L" if io._igzip else "zlib (pip install deflate isal, for faster I/O)"
+    print(f"nifti gzip: read {read}, write {'ISA-L' if io._igzip_threaded else 'zlib'}")
+    try:
+        import torch
+
+        from .predictor import native_bf16_cpu
+
+        bf16 = "bfloat16 (native on this CPU)" if native_bf16_cpu() else "float32 (no native bfloat16 here)"
+        print(f"torch {torch.__version__}; CPU inference precision 'auto': {bf16}")
+    except ImportError:
+        print("torch: not installed (needed by predict, train and demo)")
     print(f"cuda kernels built: {'yes' if petfast.cuda_built() else 'no'}")
     n = _C.cuda_device_count()
     print(f"cuda devices seen: {n}")
@@ -303,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"petfast {petfast.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    s = sub.add_parser("info", help="version, CPU threads, CUDA build and devices")
+    s = sub.add_parser("info", help="version, CPU threads, gzip codecs, torch and CPU precision, CUDA build and devices")
     s.set_defaults(func=_info)
     s = sub.add_parser("demo", help="the whole pipeline on a synthetic study (no downloads, no GPU needed)",
                        description="Make a synthetic whole-body PET/CT study (CT on its own grid, known lesions), "
