@@ -173,7 +173,8 @@ def _same_grid(a: io.NiftiImage, b: io.NiftiImage, pa, pb, tol=1e-3) -> None:
     if a.data.shape != b.data.shape:
         raise ValueError(f"{pa}: shape {a.data.shape} differs from {pb}'s {b.data.shape}")
     if not np.allclose(a.affine, b.affine, atol=tol):
-        raise ValueError(f"{pa}: its grid (affine) differs from {pb}'s; resample it onto the PET grid first")
+        raise ValueError(f"{pa}: its grid (affine) differs from {pb}'s; a case's images and label share one grid "
+                         "(the CT resampled onto the PET's, as autoPET's CTres: petfast.resample_ct_to_pet)")
 
 
 def _check_case(case: Case, allowed: set, reads: dict) -> list[str]:
