@@ -178,6 +178,26 @@ def test_bad_options_stop_before_anything_is_written(dataset, tmp_path, field, v
     assert not (tmp_path / "m").exists()
 
 
+def test_labels_without_foreground_warn(dataset, tmp_path):
+    import shutil
+    import warnings
+
+    import nibabel as nib
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train(dataset, 0, tmp_path / "a", preset="tiny", options=quick(epochs=1, iterations=1), device="cpu",
+              progress=False)
+    assert not [w for w in seen if "foreground" in str(w.message)]
+    empty = shutil.copytree(dataset, tmp_path / "empty")
+    for f in (empty / "labelsTr").iterdir():
+        img = nib.load(f)
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), f)
+    with pytest.warns(UserWarning, match="no training case of fold 0 has a foreground voxel"):
+        train(empty, 0, tmp_path / "b", preset="tiny", options=quick(epochs=1, iterations=1), device="cpu",
+              progress=False)
+
+
 def test_the_dataset_folder_is_not_a_model_folder(dataset):
     before = (dataset / "dataset.json").read_bytes()
     with pytest.raises(ValueError, match="is the dataset folder"):

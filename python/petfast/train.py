@@ -42,6 +42,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -268,6 +269,9 @@ def train(dataset, fold: int, out, plans=None, preset: str = "small", options: T
     cache = out / "preprocessed"
     done = _preprocess_to_cache(predictor, dataset, train_ids, cache, _plans_key(plans, configuration), rank, world)
     cases, where = _load_cases(cache, train_ids, device)
+    if not any(locations for *_, locations in cases):
+        warnings.warn(f"no training case of fold {fold} has a foreground voxel (every label is 0): the model can "
+                      "only learn to predict background. Are these the right labels?", stacklevel=2)
     mapped = bool(cases) and isinstance(cases[0][0], np.ndarray)  # batches cut on the CPU: prefetched
     log(f"{len(train_ids)} training cases ready in {time.perf_counter() - t0:.1f} s ({done} preprocessed, "
         f"{len(train_ids) - done} from {cache}; {where}); {len(val_ids)} validation cases; {world} process(es)")
