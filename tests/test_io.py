@@ -48,6 +48,20 @@ def test_save_round_trip_read_by_nibabel(tmp_path, rng, suffix, dtype):
     np.testing.assert_array_equal(again.data, data)
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.int8, np.complex64])
+def test_save_keeps_wide_and_rare_dtypes(tmp_path, dtype):  # nibabel refuses int64 unless asked by name
+    data = np.arange(9 * 8 * 7).reshape(9, 8, 7).astype(dtype)
+    path = io.save(tmp_path / "x.nii.gz", data, las())
+    assert nib.load(path).get_data_dtype() == np.dtype(dtype)
+    np.testing.assert_array_equal(io.load(path).data, data)
+
+
+def test_save_refuses_dtypes_nifti_lacks(tmp_path):
+    with pytest.raises(TypeError, match="no data type for float16; convert it first"):
+        io.save(tmp_path / "x.nii.gz", np.zeros((3, 3, 3), np.float16), las())
+    assert not list(tmp_path.iterdir())
+
+
 def test_save_c_ordered_and_torch(tmp_path, rng):
     torch = pytest.importorskip("torch")
     data = np.ascontiguousarray(rng.random((6, 7, 8)).astype(np.float32))

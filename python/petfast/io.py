@@ -273,9 +273,12 @@ def save(path, data, affine=None, *, like=None, overwrite: bool = False) -> Path
             raise ValueError("save needs an affine (or like= an image whose affine to use)")
         affine = like.affine if isinstance(like, NiftiImage) else header.get_best_affine()
     affine = _check_affine(np.asarray(affine, np.float64), path)
-    img = nib.Nifti1Image(data, affine, header=header.copy() if header is not None else None)
+    try:  # an explicit dtype: nibabel would refuse int64 without one, and "the dtype is kept"
+        img = nib.Nifti1Image(data, affine, header=header.copy() if header is not None else None, dtype=data.dtype)
+    except nib.spatialimages.HeaderDataError as e:
+        raise TypeError(f"{path}: NIfTI has no data type for {data.dtype}; convert it first (e.g. np.float32 for "
+                        "images, np.uint8 or np.int16 for label maps)") from e
     hdr = img.header
-    hdr.set_data_dtype(data.dtype)
     hdr.set_data_shape(data.shape)
     hdr.set_slope_inter(np.nan, np.nan)  # raw values are written
     if header is None:
