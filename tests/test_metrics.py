@@ -274,6 +274,14 @@ def test_quantification_hand_computed():
     assert s["tlg"] == pytest.approx(l1["tlg"] + l2["tlg"]) and s["suv_max"] == 10
     c1, c2 = np.array(l1["centroid_mm"]), np.array(l2["centroid_mm"])
     assert s["dmax_mm"] == pytest.approx(np.linalg.norm(c1 - c2))
+    # Anisotropic voxels, and the sphere cut by the volume's edge: the mean of the voxels inside both.
+    corner = np.zeros_like(mask)
+    corner[0:2, 1, 0:3] = 1
+    pet[0, 1, 0] = 12
+    (lc,) = quant.lesions(pet, corner, spacing=(4.0, 3.0, 1.5))["lesions"]
+    d = (np.indices(pet.shape) - np.array([0, 1, 0])[:, None, None, None]) * np.array([4.0, 3.0, 1.5])[:, None, None, None]
+    assert lc["hottest_voxel"] == [0, 1, 0]
+    assert lc["suv_peak"] == pytest.approx(pet[(d**2).sum(0) <= quant.PEAK_RADIUS_MM**2].mean())
     empty = quant.lesions(pet, np.zeros_like(mask), (2, 2, 2))["study"]
     assert empty["lesion_count"] == 0 and empty["mtv_ml"] == 0 and math.isnan(empty["suv_max"])
 
