@@ -1,7 +1,10 @@
 """petfast.train: loss against nnU-Net's, learning, checkpoints nnU-Net loads, exact resume, DDP on gloo."""
 import json
 import os
+import shutil
+import warnings
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -179,11 +182,6 @@ def test_bad_options_stop_before_anything_is_written(dataset, tmp_path, field, v
 
 
 def test_labels_without_foreground_warn(dataset, tmp_path):
-    import shutil
-    import warnings
-
-    import nibabel as nib
-
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         train(dataset, 0, tmp_path / "a", preset="tiny", options=quick(epochs=1, iterations=1), device="cpu",
