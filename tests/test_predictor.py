@@ -288,6 +288,31 @@ def test_the_network_stage_runs_without_autograd(model_dir, monkeypatch):
     assert calls and not logits.requires_grad and seg.shape == data.shape[1:]
 
 
+def test_non_finite_logits_warn(model_dir, monkeypatch):
+    pred = petfast.Predictor.from_nnunet(model_dir, tta=False, device="cpu", precision="fp32", batch_size=1)
+    img = make_case(34).transpose(0, 3, 2, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # finite logits: no warning
+        clean = pred.predict(img, spacing=(2.0364201068878174, 2.0364201068878174, 3.0))
+    real, calls = pred._forward, []
+
+    def overflowing(tiles):  # as float16 overflow would, in one batch of several: an infinite logit
+        y = real(tiles)
+        if len(calls) == 1:
+            y[0, 0, 0, 0, 0] = float("inf")
+        calls.append(1)
+        return y
+
+    monkeypatch.setattr(pred, "_forward", overflowing)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        pred.predict(img, spacing=(2.0364201068878174, 2.0364201068878174, 3.0))
+    assert len(calls) > 1 and clean.shape == img.shape[1:]
+    assert [str(w.message) for w in seen] == [
+        "the network gave non-finite logits (NaN or infinite; precision 'fp32'), so the mask is unreliable where "
+        "they fell; predict with precision='fp32' (--precision fp32) to tell float16 overflow from broken weights"]
+
+
 def test_cpu_precision(model_dir, monkeypatch):
     # 'auto' on the CPU: bfloat16 where the CPU has it natively, else float32 (nnU-Net's CPU path).
     for native, expected in ((True, "bf16"), (False, "fp32")):

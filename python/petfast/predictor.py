@@ -429,8 +429,18 @@ class Predictor:
         tiles_per_call = max(1, self.batch_size // len(self._mirrors()))
         kw = dict(patch_size=self.patch_size, num_outputs=self.num_classes, step=self.step, batch_size=tiles_per_call,
                   return_logits=return_logits, progress=self.progress)
+        # Non-finite logits (float16 overflowing, or broken weights) would make an argmax of garbage.
+        # Their sum, kept on the device as the batches go (no synchronisation) and read once at the end,
+        # is finite exactly when they all are: one pass without a temporary (a count took 40x as long).
+        total = torch.zeros((), dtype=torch.float64, device=data.device)
+
+        def forward(t):
+            y = self._forward(t)
+            total.add_(y.sum())
+            return y
+
         try:
-            return sliding_window(data, self._forward, **kw)
+            result = sliding_window(data, forward, **kw)
         except (torch.cuda.OutOfMemoryError, _arrays.OutOfMemoryError):
             if data.device.type != "cuda":
                 raise
@@ -438,7 +448,13 @@ class Predictor:
                           "accumulators in CPU memory (slower)", stacklevel=3)
             torch.cuda.empty_cache()
             device = data.device
-            return sliding_window(data.cpu(), lambda t: self._forward(t.to(device)).cpu(), **kw)
+            total.zero_()
+            result = sliding_window(data.cpu(), lambda t: forward(t.to(device)).cpu(), **kw)
+        if not math.isfinite(total.item()):
+            warnings.warn(f"the network gave non-finite logits (NaN or infinite; precision {self.precision!r}), so "
+                          "the mask is unreliable where they fell; predict with precision='fp32' (--precision fp32) "
+                          "to tell float16 overflow from broken weights", stacklevel=3)
+        return result
 
     # --- files in, files out ------------------------------------------------------------------------
 
