@@ -261,6 +261,15 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
   std::vector<int64_t> slab(threads + 1);
   for (int t = 0; t <= threads; ++t) slab[t] = na * t / threads;
   std::vector<std::vector<int32_t>> parents(threads);
+  // When the walk is not the logical (i, j, k) raster order (a Fortran-ordered array, say), step 4
+  // numbers the components by their first voxel in raster order. Step 1 finds it on the way: each
+  // provisional label keeps the smallest logical index of its voxels, updated only where a row's
+  // label changes (the logical index grows along a row, so the rest of a run cannot be smaller).
+  const bool raster_walk = order[0] == 0 && order[1] == 1 && order[2] == 2;
+  int64_t logical_stride[3];  // logical C-order index step of each walk axis
+  const int64_t lstr[3] = {src.shape[1] * src.shape[2], src.shape[2], 1};
+  for (int w = 0; w < 3; ++w) logical_stride[w] = lstr[order[w]];
+  std::vector<std::vector<int64_t>> firsts(raster_walk ? 0 : threads);  // per slab, by provisional label
 
   // Provisional label of voxel (a, b, c) of value `val` from its visited neighbours (0: none),
   // uniting the labels of the neighbours that match. `inside` skips the bounds checks.
@@ -305,6 +314,8 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
     for (int64_t t = t0; t < t1; ++t) {
       std::vector<int32_t>& parent = parents[t];
       parent.assign(1, 0);
+      std::vector<int64_t>* smallest = raster_walk ? nullptr : &firsts[t];
+      if (smallest) smallest->assign(1, INT64_MAX);
       // Two planes of row bitmasks with a zero row before and after each.
       std::vector<uint8_t> planes(2 * (nb + 2) * row_bytes, 0);
       uint8_t* prev = planes.data() + row_bytes;
@@ -315,6 +326,15 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
         for (int64_t b = 0; b < nb; ++b) {
           const T* row = in + a * sa + b * sb;
           int32_t* orow = out + (a * nb + b) * nc;
+          const int64_t row_index = a * logical_stride[0] + b * logical_stride[1];
+          int32_t last = 0;  // the label of the row's previous foreground voxel
+          // Where the label changes along the row, the voxel's logical index may be its label's smallest.
+          auto note_first = [&](int32_t mine, int64_t c) {
+            if (mine == last) return;
+            last = mine;
+            int64_t& f = (*smallest)[mine];
+            f = std::min(f, row_index + c * logical_stride[2]);
+          };
           if (binary) {
             uint8_t* bits = cur + b * row_bytes;
             bool mixed = false;
@@ -343,6 +363,7 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
                 if (n == 0) {
                   mine = int32_t(parent.size());
                   parent.push_back(mine);
+                  if (smallest) smallest->push_back(INT64_MAX);
                 } else {
                   mine = o[bit_step[(e >> 3) & 15u]];
                   if (n > 1) {
@@ -353,6 +374,7 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
                   }
                 }
                 *o = mine;
+                if (smallest) note_first(mine, c);
               }
             }
             if (any) row_has_fg[a * nb + b] = 1;
@@ -366,8 +388,10 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
             if (mine == 0) {
               mine = int32_t(parent.size());
               parent.push_back(mine);
+              if (smallest) smallest->push_back(INT64_MAX);
             }
             orow[c] = mine;
+            if (smallest) note_first(mine, c);
           };
           bool any = false;
           if (sc == 1) {
@@ -487,51 +511,24 @@ int64_t label_typed(const Volume& src, const Volume& dst, int connectivity, cons
       stats_to_logical_axes(order, count, stats->acc, stats->box);
     }
   };
-  if (order[0] == 0 && order[1] == 1 && order[2] == 2) {
+  if (raster_walk) {
     relabel();
     return count;
   }
 
   // 4. The walk is not the logical (i, j, k) raster order: number the components by their first voxel
-  // in raster order instead. A read-only pass finds each one's smallest logical index, then one
-  // relabelling pass writes the composed table (walk number -> raster number).
-  int64_t logical_stride[3];  // logical C-order index step of each walk axis
-  const int64_t lstr[3] = {src.shape[1] * src.shape[2], src.shape[2], 1};
-  for (int w = 0; w < 3; ++w) logical_stride[w] = lstr[order[w]];
-  // firsts[t][l]: the smallest logical index of component l in slab t. The logical index grows
-  // along a row, so only each label's first voxel in a row counts; seen[l] (the last row where l
-  // was met) skips the rest with a branch that is rarely taken, so well predicted, even on noise
-  // (a per-voxel min through memory there stalled on stores that alias the next voxel's load).
-  // Each worker's tables take 16 bytes a component: noise's millions of components on many threads
-  // took gigabytes, so the workers are as many as 64 MB of tables allow, each taking several slabs.
-  const int workers = int(std::clamp<int64_t>((int64_t(64) << 20) / ((count + 1) * 16), 1, threads));
-  std::vector<std::vector<int64_t>> firsts(workers);
-  parallel_for(workers, 1, [&](int64_t w0, int64_t w1) {
-    for (int64_t w = w0; w < w1; ++w) {
-      firsts[w].assign(count + 1, INT64_MAX);
-      int64_t* first = firsts[w].data();
-      std::vector<int64_t> seen(count + 1, -1);
-      for (int64_t t = threads * w / workers; t < threads * (w + 1) / workers; ++t) {
-        const int32_t* f = slab_label[t].data();
-        for (int64_t r = slab[t] * nb; r < slab[t + 1] * nb; ++r) {
-          if (!row_has_fg[r]) continue;
-          const int32_t* orow = out + r * nc;
-          const int64_t base = (r / nb) * logical_stride[0] + (r % nb) * logical_stride[1];
-          for (int64_t c = 0; c < nc; ++c) {
-            const int32_t l = f[orow[c]];
-            if (seen[l] == r) continue;
-            seen[l] = r;
-            first[l] = std::min(first[l], base + c * logical_stride[2]);
-          }
-        }
-      }
+  // in raster order instead, the smallest of their provisional labels' (step 1), and relabel with the
+  // composed table (walk number -> raster number). This took a read pass over the labels before.
+  std::vector<int64_t> component_first(count + 1, INT64_MAX);
+  for (int t = 0; t < threads; ++t)
+    for (size_t l = 1; l < firsts[t].size(); ++l) {
+      int64_t& f = component_first[final_label[offset[t] + l]];
+      f = std::min(f, firsts[t][l]);
     }
-  });
-  for (int w = 1; w < workers; ++w)
-    for (int64_t l = 1; l <= count; ++l) firsts[0][l] = std::min(firsts[0][l], firsts[w][l]);
   std::vector<int32_t> by_first(count);
   std::iota(by_first.begin(), by_first.end(), 1);
-  std::sort(by_first.begin(), by_first.end(), [&](int32_t p, int32_t q) { return firsts[0][p] < firsts[0][q]; });
+  std::sort(by_first.begin(), by_first.end(),
+            [&](int32_t p, int32_t q) { return component_first[p] < component_first[q]; });
   std::vector<int32_t> new_label(count + 1, 0);
   for (int64_t r = 0; r < count; ++r) new_label[by_first[r]] = int32_t(r + 1);
   for (auto& f : slab_label)
