@@ -45,12 +45,15 @@ from petfast.cli import _keep_freed_memory, main
 mode = sys.argv[1]
 if mode == "keep":
     _keep_freed_memory()
-with contextlib.redirect_stdout(io.StringIO()):
-    if mode == "command":  # the program: main() reads sys.argv
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    if mode == "command":  # the program (main() reads sys.argv), about to run a network on the CPU
+        sys.argv = ["petfast", "predict", "-m", "nowhere", "-i", "nowhere", "-o", "out", "--device", "cpu"]
+        main()
+    elif mode == "command-io":  # the program, with no network to run
         sys.argv = ["petfast", "info"]
         main()
     elif mode == "library":  # a caller's process: main(argv)
-        main(["info"])
+        main(["predict", "-m", "nowhere", "-i", "nowhere", "-o", "out", "--device", "cpu"])
 bytearray(1 << 26)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 bytearray(1 << 26)
@@ -65,7 +68,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     assert faults("default", clean) > 10000
     assert faults("keep", clean) < 1000
     assert faults("keep", {**clean, "MALLOC_ARENA_MAX": "4"}) > 10000  # the user's own malloc settings win
-    assert faults("command", clean) < 1000  # `petfast ...` sets it
+    assert faults("command", clean) < 1000  # `petfast predict` on the CPU sets it
+    assert faults("command-io", clean) > 10000  # commands that only read files do not: it slowed them
     assert faults("library", clean) > 10000  # main(argv) from a caller's process leaves the allocator alone
 
 
