@@ -208,21 +208,29 @@ def load(path, *, ndim: int | None = 3) -> NiftiImage:
     return NiftiImage(data, affine, spacing, hdr)
 
 
-def load_ahead(groups, *, ndim: int | None = 3):
+def load_ahead(groups, *, ndim: int | None = 3, depth: int | None = None):
     """For each group of paths (one case's files), yield a list of futures of their :func:`load`
-    results while the next group is read in the background, up to 4 files at once: decompression
-    releases the GIL, so on a cohort reading hides behind the caller's work on the current case.
+    results while the next ``depth`` groups are read in the background: decompression releases the
+    GIL, so on a cohort reading hides behind the caller's work on the current case. ``depth``
+    defaults to petfast's CPU threads, at most 3 (a case's largest file, the PET, decompresses on one
+    core: one group ahead left the second core of 2 idle in a read-bound job such as evaluation).
     ``future.result()`` returns the image or raises that file's read error, so that a caller can
     skip a bad case and go on to the next."""
+    from . import get_num_threads
+
+    depth = depth or max(1, min(3, get_num_threads()))
     groups = iter(groups)
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        submit = lambda paths: [pool.submit(load, p, ndim=ndim) for p in paths]  # noqa: E731
-        pending = next(groups, None)
-        pending = submit(pending) if pending is not None else None
-        while pending is not None:
-            current = pending
-            following = next(groups, None)
-            pending = submit(following) if following is not None else None
+    ahead = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(max(4, depth + 1)) as pool:
+
+        def read_ahead():
+            while len(ahead) < depth and (paths := next(groups, None)) is not None:
+                ahead.append([pool.submit(load, p, ndim=ndim) for p in paths])
+
+        read_ahead()
+        while ahead:
+            current = ahead.popleft()
+            read_ahead()
             yield current
 
 
