@@ -207,6 +207,30 @@ def test_load_ahead_yields_each_group_in_order_and_a_bad_one_raises_at_its_turn(
     assert list(io.load_ahead([])) == []
 
 
+def test_load_ahead_reads_depth_groups_ahead(monkeypatch):
+    import threading
+    import time
+
+    started, gate = [], threading.Event()
+
+    def fake_load(path, ndim=3):
+        started.append(path)
+        gate.wait(10)
+        return path
+
+    monkeypatch.setattr(io, "load", fake_load)
+    it = io.load_ahead([[f"g{g}"] for g in range(6)], depth=2)
+    first = next(it)  # the caller holds group 0 while groups 1 and 2 are read, and no more
+    deadline = time.monotonic() + 10
+    while len(started) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert sorted(started) == ["g0", "g1", "g2"]
+    gate.set()
+    assert [f.result() for f in first] == ["g0"]
+    assert [f.result() for group in it for f in group] == [f"g{g}" for g in range(1, 6)]
+
+
 def test_write_behind_keeps_order_bounds_the_backlog_and_raises_early():
     import threading
 
