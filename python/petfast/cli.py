@@ -85,7 +85,10 @@ def _demo(args) -> int:
     from .data import _write_csv
 
     import torch  # before any work: without it _run says so
-    device = args.device or ("cuda" if petfast.cuda_available() and torch.cuda.is_available() else "cpu")
+
+    from .predictor import _default_device
+
+    device = args.device or _default_device().type
     if device == "cuda" and not petfast.cuda_available():
         print("petfast demo: --device cuda needs the CUDA kernels and a GPU; use --device cpu", file=sys.stderr)
         return 2
@@ -467,10 +470,15 @@ def main(argv=None) -> int:
 
 
 def _network_on_cpu(args) -> bool:
-    import petfast
-
-    device = getattr(args, "device", None)
-    return args.command in ("predict", "train", "demo") and (device or ("cuda" if petfast.cuda_available() else "cpu")) == "cpu"
+    if args.command not in ("predict", "train", "demo"):
+        return False
+    if getattr(args, "device", None):
+        return args.device == "cpu"
+    try:
+        from .predictor import _default_device  # the device these commands pick, torch's view included
+    except ImportError:
+        return False  # no torch: the command stops with a message
+    return _default_device().type == "cpu"
 
 
 def _keep_freed_memory() -> None:
